@@ -1,0 +1,238 @@
+"""A2C (Mnih et al., 2016) as used by Optim4RL (Lan et al., 2023, App. C), with a pluggable optax-shaped optimizer.
+
+    python a2c.py                             # Catch, Adam lr 1e-3, 4 seeds, well under a minute on a laptop CPU
+    python a2c.py --preset big_dense_long     # an Optim4RL gridworld (Table 2) with its network and learning rate
+
+Settings from Optim4RL App. C: rollouts of 20 steps, discount 0.995, GAE lambda 0.95, critic weight 0.5, entropy
+weight 0.01, ReLU; a shared feature net (MLP 32 for Catch and small gridworlds, Conv(16, kernel 2) + Dense 32 for big
+gridworlds) with actor and critic heads, all updated by one optimizer.
+
+`make_agent(config)` exposes the pieces (network, rollout, loss, one update) so that `optim4rl_metagrad.py` can
+differentiate through inner updates; `make_train(config, optimizer_fn)` chains updates into one jitted training run.
+The optimizer receives the same context as in `ppo.py` (training proportion, dormancy, layer proportion, actor mask,
+key; batch proportion is 0: A2C makes one update per batch).
+"""
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ppo import (BRAX_ENVS, ENV_NAMES, OPTIMIZERS, dormancy_scores, evaluate, gae, hand_designed, hyperparameters,
+                 last_episode_return, log_progress, make_env, optimizer_context, parse_config)
+
+
+@dataclass(frozen=True)
+class A2CConfig:
+    env_name: str = "Catch-bsuite"  # a gymnax id or a gridworld.LEVELS name (discrete actions)
+    num_envs: int = 64  # parallel environments
+    rollout_length: int = 20  # steps per env per update (App. C)
+    total_timesteps: int = 2_000_000  # environment steps of the whole run
+    gamma: float = 0.995  # discount (App. C)
+    gae_lambda: float = 0.95  # lambda of the TD(lambda) / GAE targets (App. C)
+    critic_coef: float = 0.5  # critic loss weight (App. C)
+    entropy_coef: float = 0.01  # entropy bonus weight (App. C)
+    torso: str = "mlp"  # feature net: "mlp" (Dense 32) or "conv" (Conv 16, kernel 2, then Dense 32)
+    width: int = 32  # units of the feature net's dense layer
+    grad_clip: float = 0.0  # element-wise clip of agent gradients to +-grad_clip (1.0 in gridworlds; 0: off)
+    optimizer: str = "adam"  # a hand-designed optimizer (ppo.OPTIMIZERS), used when running this file
+    learning_rate: float = 1e-3  # agent learning rate (Catch: 1e-3, big_dense_long: 3e-3; App. C.3)
+    b1: float = 0.9  # beta1 of adam and lion
+    b2: float = 0.999  # beta2 of adam and lion
+    decay: float = 0.9  # decay of rmsprop
+    anneal_lr: bool = False  # anneal the learning rate linearly to 0 over training
+    eval_episodes: int = 64  # episodes of the final-policy evaluation ("final return")
+    eval_max_steps: int | None = None  # step cap of that evaluation (None: the env's time limit)
+    num_seeds: int = 4  # seeds trained in parallel (vmapped)
+    seed: int = 0  # first seed
+    log_every: int = 50  # print a progress line every this many updates (0: silent)
+
+
+# Optim4RL's six gridworlds (Table 2): small ones use the MLP, big ones the conv net; agent gradients clipped to +-1.
+GRIDWORLD = dict(grad_clip=1.0, total_timesteps=30_000_000)
+PRESETS = {
+    "default": {},
+    "catch": dict(env_name="Catch-bsuite", learning_rate=1e-3),
+    **{name: dict(GRIDWORLD, env_name=name, torso="mlp") for name in ("small_dense_short", "small_dense_long")},
+    **{name: dict(GRIDWORLD, env_name=name, torso="conv", learning_rate=3e-3)
+       for name in ("big_sparse_short", "big_sparse_long", "big_dense_short", "big_dense_long")},
+}
+
+
+def validate(config, optimizer_names=OPTIMIZERS):
+    """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
+    discrete = tuple(n for n in ENV_NAMES if n not in BRAX_ENVS)
+    if config.env_name not in discrete:
+        raise ValueError(f"unknown env_name {config.env_name!r} for A2C (discrete actions); valid: "
+                         f"{', '.join(discrete)}")
+    if config.optimizer not in optimizer_names:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(optimizer_names)}")
+    if config.torso not in ("mlp", "conv"):
+        raise ValueError(f"unknown torso {config.torso!r}; valid: mlp, conv")
+    for field in ("num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes", "num_seeds"):
+        if getattr(config, field) < 1:
+            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    if config.total_timesteps < config.num_envs * config.rollout_length:
+        raise ValueError(f"total_timesteps = {config.total_timesteps} is less than one rollout "
+                         f"({config.num_envs * config.rollout_length} steps)")
+
+
+class ActorCritic(nn.Module):
+    """Shared feature net with actor (logits) and critic (value) heads, ReLU (Optim4RL App. C). Returns logits,
+    value and {layer name: activation} for dormancy. Gridworld observations are (C, H, W); the conv is channels-last."""
+    num_actions: int
+    torso: str
+    width: int
+
+    @nn.compact
+    def __call__(self, obs):
+        activations = {}
+        x = obs
+        if self.torso == "conv":
+            x = activations["conv"] = nn.relu(nn.Conv(16, (2, 2), name="conv")(jnp.moveaxis(obs, -3, -1)))
+        x = x.reshape((obs.shape[0], -1))
+        x = activations["dense"] = nn.relu(nn.Dense(self.width, name="dense")(x))
+        logits = activations["actor"] = nn.Dense(self.num_actions, name="actor")(x)
+        value = activations["critic"] = nn.Dense(1, name="critic")(x)
+        return logits, value[:, 0], activations
+
+    @property
+    def layer_proportions(self):
+        """h / H for each layer (both heads are last)."""
+        torso = ("conv", "dense") if self.torso == "conv" else ("dense",)
+        layers = len(torso) + 1
+        return {**{name: (i + 1) / layers for i, name in enumerate(torso)}, "actor": 1.0, "critic": 1.0}
+
+
+class Agent(NamedTuple):
+    """The pieces of A2C, each a pure function of its arguments (env and config bound in)."""
+    network: ActorCritic
+    init: Callable  # rng -> (params, env_state, obs)
+    rollout: Callable  # (params, env_state, obs, rng) -> (trajectory, env_state, obs)
+    loss: Callable  # (params, trajectory, last_obs) -> (loss, activations)
+    update: Callable  # (params, opt_state, env_state, obs, rng, optimizer, training_proportion) -> (..., metrics)
+    env: object
+    env_params: object
+
+
+def make_agent(config, env_params=None):
+    validate(config, optimizer_names=(config.optimizer,))
+    env, default_env_params = make_env(config.env_name)
+    env_params = default_env_params if env_params is None else env_params
+    network = ActorCritic(env.action_space(env_params).n, config.torso, config.width)
+    vmapped_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def init(rng):
+        network_key, reset_key = jax.random.split(rng)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, config.num_envs),
+                                                                env_params)
+        return network.init(network_key, obs), env_state, obs
+
+    def rollout(params, env_state, obs, rng):
+        """`rollout_length` steps of every env. The trajectory carries no gradient: `loss` recomputes the network."""
+        def step(carry, key):
+            env_state, obs = carry
+            action_key, env_key = jax.random.split(key)
+            logits, _, _ = network.apply(params, obs)
+            action = distrax.Categorical(logits=logits).sample(seed=action_key)
+            next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
+                jax.random.split(env_key, config.num_envs), env_state, action, env_params)
+            bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
+            reward = reward + config.gamma * network.apply(params, info["final_observation"])[1] * bootstrap
+            return (env_state, next_obs), dict(obs=obs, action=action, reward=reward,
+                                               done=(terminated | truncated).astype(jnp.float32))
+
+        (env_state, obs), trajectory = jax.lax.scan(step, (env_state, obs),
+                                                    jax.random.split(rng, config.rollout_length))
+        return jax.lax.stop_gradient(trajectory), env_state, obs
+
+    def loss(params, trajectory, last_obs):
+        """A2C loss: policy gradient with GAE advantages, squared error to the lambda-returns, entropy bonus."""
+        steps, envs = trajectory["action"].shape
+        logits, values, activations = network.apply(params, trajectory["obs"].reshape((steps * envs,)
+                                                                                       + last_obs.shape[1:]))
+        logits, values = logits.reshape((steps, envs, -1)), values.reshape((steps, envs))
+        last_value = network.apply(params, last_obs)[1]
+        advantage, target = gae(trajectory["reward"], jax.lax.stop_gradient(values), trajectory["done"],
+                                jax.lax.stop_gradient(last_value), config.gamma, config.gae_lambda)
+        pi = distrax.Categorical(logits=logits)
+        actor_loss = -(pi.log_prob(trajectory["action"]) * advantage).mean()
+        critic_loss = ((values - target) ** 2).mean()
+        return actor_loss + config.critic_coef * critic_loss - config.entropy_coef * pi.entropy().mean(), activations
+
+    def update(params, opt_state, env_state, obs, rng, optimizer, training_proportion):
+        """One A2C update: a fresh rollout, its loss gradient, and one optimizer step."""
+        rollout_key, optimizer_key = jax.random.split(rng)
+        trajectory, env_state, obs = rollout(params, env_state, obs, rollout_key)
+        (value, activations), grads = jax.value_and_grad(loss, has_aux=True)(params, trajectory, obs)
+        if config.grad_clip:
+            grads = jax.tree.map(lambda g: jnp.clip(g, -config.grad_clip, config.grad_clip), grads)
+        context = optimizer_context(params, activations, network.layer_proportions, ("actor",), training_proportion,
+                                    0.0, optimizer_key)
+        updates, opt_state = optimizer.update(grads, opt_state, params, **context)
+        metrics = {"episode_return": last_episode_return(env_state), "loss": value,
+                   "dormant_fraction": jnp.mean(dormancy_scores(activations["dense"]) == 0.0)}
+        return optax.apply_updates(params, updates), opt_state, env_state, obs, metrics
+
+    return Agent(network, init, rollout, loss, update, env, env_params)
+
+
+def make_train(config, optimizer_fn):
+    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}."""
+    num_updates = config.total_timesteps // (config.num_envs * config.rollout_length)
+    probe = make_agent(config)  # validates the config and builds the env before anything is traced
+    max_steps = config.eval_max_steps or int(probe.env_params.max_steps_in_episode)
+
+    def train(rng, optimizer_params, env_params=None):
+        agent = make_agent(config, env_params)
+        optimizer = optimizer_fn(optimizer_params)
+        seed_tag = rng[-1]
+        rng, init_key = jax.random.split(rng)
+        params, env_state, obs = agent.init(init_key)
+
+        def step(carry, update_index):
+            params, opt_state, env_state, obs, rng = carry
+            rng, key = jax.random.split(rng)
+            params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
+                                                                      optimizer, update_index / num_updates)
+            if config.log_every:
+                log_progress(seed_tag, update_index, num_updates, metrics, config.log_every)
+            return (params, opt_state, env_state, obs, rng), metrics
+
+        (params, *_, rng), metrics = jax.lax.scan(step, (params, optimizer.init(params), env_state, obs, rng),
+                                                  jnp.arange(num_updates))
+
+        def act(obs, key):
+            return distrax.Categorical(logits=agent.network.apply(params, obs)[0]).sample(seed=key)
+
+        final_return = evaluate(agent.env, agent.env_params, act, rng, config.eval_episodes, max_steps)
+        return {"metrics": metrics, "final_return": final_return, "params": params}
+
+    return train
+
+
+def main(config):
+    import time
+    validate(config)
+    steps = config.total_timesteps // (config.num_envs * config.rollout_length)
+    train = jax.jit(jax.vmap(make_train(config, hand_designed(config.optimizer, steps if config.anneal_lr else None)),
+                             in_axes=(0, None)))
+    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
+    start = time.time()
+    out = jax.block_until_ready(train(jax.vmap(jax.random.PRNGKey)(seeds), hyperparameters(config)))
+    final = np.asarray(out["final_return"])
+    print(f"\nA2C on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
+          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {time.time() - start:.0f} s "
+          f"(compile included)")
+    for seed, value in zip(np.asarray(seeds), final):
+        print(f"  seed {seed}: final return {value:.2f}")
+    print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
+    return out
+
+
+if __name__ == "__main__":
+    main(parse_config(A2CConfig, PRESETS))

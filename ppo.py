@@ -1,0 +1,462 @@
+"""PPO (Schulman et al., 2017) with a pluggable, optax-shaped optimizer, in the PureJaxRL style.
+
+    python ppo.py                          # CartPole-v1, Adam, 4 seeds, about a minute on a laptop CPU
+    python ppo.py --preset breakout        # OPEN Table 3 (MinAtar) with Table 4's tuned Adam: for GPUs
+    python ppo.py --env-name Catch-bsuite --optimizer rmsprop --learning-rate 1e-3
+
+`make_train(config, optimizer_fn)` returns `train(rng, optimizer_params)`: one whole training run as one XLA program,
+vmappable over seeds and over `optimizer_params` (hand-designed hyperparameters or a learned optimizer's
+meta-parameters). `optimizer_fn(optimizer_params)` builds an `optax.GradientTransformationExtraArgs`; every update
+it receives, as keyword arguments, the context a learned optimizer conditions on (OPEN, Goldie et al. 2024, App. B.2):
+
+    training_proportion  scalar: (t // (L * N_minibatch)) / N_batch, constant within a batch
+    batch_proportion     scalar: ((t // N_minibatch) mod L) / L, progress through the L epochs on one batch
+    dormancy             tree like params: eq. 6 score of the neuron downstream of each parameter (tau = 0)
+    layer_proportion     tree like params: h / H, the position of the parameter's layer in its network
+    actor_mask           tree like params: 1 for actor parameters, 0 for critic parameters
+    key                  PRNG key, for learned stochastic updates
+
+Hand-designed optax optimizers ignore it. Actor and critic are separate networks, each clipped to global norm 0.5
+and updated by its own optimizer state (shared optimizer parameters), as in OPEN's code.
+"""
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+import distrax
+import flax.linen as nn
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from gymnax.environments import spaces
+from gymnax.environments.environment import EnvParams
+from gymnax.wrappers import LogWrapper
+
+import gridworld
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    env_name: str = "CartPole-v1"  # a gymnax id, a gridworld.LEVELS name, or a Brax env (BRAX_ENVS)
+    num_envs: int = 4  # N_envs: parallel environments
+    num_steps: int = 128  # N_steps: rollout length per env per update
+    total_timesteps: int = 500_000  # T: environment steps of the whole run
+    num_minibatches: int = 4  # N_minibatch per epoch
+    update_epochs: int = 4  # L: epochs over each batch
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    clip_eps: float = 0.2  # PPO clip, for the surrogate and the value loss
+    vf_coef: float = 0.5  # c1: value-loss weight
+    ent_coef: float = 0.01  # c2: entropy bonus weight
+    max_grad_norm: float = 0.5  # global-norm gradient clip, per network
+    width: int = 64  # W: hidden units per layer
+    depth: int = 2  # H: hidden layers of the actor
+    critic_depth: Optional[int] = None  # hidden layers of the critic (None: same as the actor)
+    activation: str = "tanh"  # "tanh" or "relu"
+    reward_scale: float = 1.0  # rewards are multiplied by this for learning (returns are reported unscaled)
+    optimizer: str = "adam"  # a hand-designed optimizer (OPTIMIZERS), used when running this file
+    learning_rate: float = 2.5e-4  # its learning rate
+    b1: float = 0.9  # beta1 of adam and lion
+    b2: float = 0.999  # beta2 of adam and lion
+    decay: float = 0.9  # decay of rmsprop
+    anneal_lr: bool = True  # anneal the learning rate linearly to 0 over training
+    eval_episodes: int = 16  # episodes of the final-policy evaluation ("final return")
+    eval_max_steps: Optional[int] = None  # step cap of that evaluation (None: the env's time limit)
+    brax_backend: str = "spring"  # Brax physics backend (spring is fastest on CPU)
+    episode_length: int = 1000  # Brax time limit (a truncation)
+    num_seeds: int = 4  # seeds trained in parallel (vmapped)
+    seed: int = 0  # first seed
+    log_every: int = 25  # print a progress line every this many updates (0: silent)
+
+
+# Paper settings. OPEN Table 3 (PPO) with the tuned Adam of Tables 4-6; Optim4RL App. C.3 (Brax training notebook,
+# 8 minibatches and a [64]*5 value network to save memory).
+MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minibatches=8, update_epochs=4,
+               ent_coef=0.01, width=64, activation="relu", b1=0.9, anneal_lr=True)
+PRESETS = {
+    "default": {},
+    "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),
+    "breakout": dict(MINATAR, env_name="Breakout-MinAtar", learning_rate=0.01, b2=0.99),
+    "freeway": dict(MINATAR, env_name="Freeway-MinAtar", learning_rate=0.001, b2=0.99),
+    "spaceinvaders": dict(MINATAR, env_name="SpaceInvaders-MinAtar", learning_rate=0.007, b2=0.99),
+    "ant": dict(env_name="ant", num_envs=2048, num_steps=10, total_timesteps=50_000_000, num_minibatches=32,
+                update_epochs=4, ent_coef=0.0, width=64, activation="tanh", learning_rate=3e-4, b1=0.99, b2=0.99,
+                anneal_lr=True),
+    "gridworld": dict(env_name="all", num_envs=1024, num_steps=20, total_timesteps=30_000_000, num_minibatches=16,
+                      update_epochs=2, ent_coef=0.01, width=16, activation="tanh", learning_rate=1e-4, b1=0.99,
+                      b2=0.99, anneal_lr=True),
+    "ant_optim4rl": dict(env_name="ant", num_envs=2048, num_steps=5, total_timesteps=50_000_000, num_minibatches=8,
+                         update_epochs=4, gamma=0.97, ent_coef=0.01, width=64, depth=4, critic_depth=5,
+                         activation="tanh", reward_scale=10.0, learning_rate=3e-4, anneal_lr=False),
+    "humanoid_optim4rl": dict(env_name="humanoid", num_envs=2048, num_steps=10, total_timesteps=50_000_000,
+                              num_minibatches=8, update_epochs=8, gamma=0.97, ent_coef=0.001, width=64, depth=4,
+                              critic_depth=5, activation="tanh", reward_scale=0.1, learning_rate=3e-4,
+                              anneal_lr=False),
+}
+OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
+BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
+             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
+ENV_NAMES = tuple(gymnax.registered_envs) + tuple(gridworld.LEVELS) + BRAX_ENVS
+
+
+def validate(config, optimizer_names=OPTIMIZERS):
+    """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
+    if config.env_name not in ENV_NAMES:
+        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(ENV_NAMES)}")
+    if config.optimizer not in optimizer_names:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(optimizer_names)}")
+    if config.activation not in ("tanh", "relu"):
+        raise ValueError(f"unknown activation {config.activation!r}; valid: tanh, relu")
+    for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
+                  "eval_episodes", "num_seeds", "episode_length"):
+        if getattr(config, field) < 1:
+            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    batch = config.num_envs * config.num_steps
+    if batch % config.num_minibatches:
+        raise ValueError(f"batch num_envs * num_steps = {batch} does not divide into "
+                         f"num_minibatches = {config.num_minibatches}")
+    if config.total_timesteps < batch:
+        raise ValueError(f"total_timesteps = {config.total_timesteps} is less than one batch ({batch} steps)")
+
+
+# ----------------------------------------------------------------------------------------------- environments
+class BraxEnv:
+    """A Brax env behind gymnax's API: the time limit is a truncation, episodes auto-reset, actions are clipped."""
+
+    def __init__(self, name, backend, episode_length):
+        from brax import envs  # imported here: brax is slow to import and only these envs need it
+        self.env, self.episode_length = envs.get_environment(name, backend=backend), episode_length
+
+    @property
+    def default_params(self):
+        return EnvParams(max_steps_in_episode=self.episode_length)
+
+    def observation_space(self, params):
+        return spaces.Box(-jnp.inf, jnp.inf, (self.env.observation_size,))
+
+    def action_space(self, params):
+        return spaces.Box(-1.0, 1.0, (self.env.action_size,))
+
+    def reset(self, key, params=None):
+        state = self.env.reset(key)
+        return state.obs, (state, jnp.int32(0))
+
+    def step(self, key, state, action, params=None):
+        brax_state, t = state
+        brax_state, t = self.env.step(brax_state, jnp.clip(action, -1.0, 1.0)), t + 1
+        terminated = brax_state.done.astype(bool)
+        truncated = t >= self.episode_length
+        reset_obs, reset_state = self.reset(key)
+        done = terminated | truncated
+        next_state = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, (brax_state, t))
+        obs = jnp.where(done, reset_obs, brax_state.obs)
+        return obs, next_state, brax_state.reward, terminated, truncated, {"final_observation": brax_state.obs}
+
+
+def make_env(name, brax_backend="spring", episode_length=1000):
+    """(env, env_params) for any name in ENV_NAMES, wrapped to log episode returns."""
+    if name in gridworld.LEVELS:
+        env, env_params = gridworld.make(name)
+    elif name in BRAX_ENVS:
+        env = BraxEnv(name, brax_backend, episode_length)
+        env_params = env.default_params
+    else:
+        env, env_params = gymnax.make(name)
+    return LogWrapper(env), env_params
+
+
+# ----------------------------------------------------------------------------------------------- networks
+class MLP(nn.Module):
+    """Dense layers with orthogonal init (PureJaxRL). Returns the output and {layer name: activation}, the latter
+    for the dormancy of each layer's neurons (OPEN eq. 6)."""
+    width: int
+    depth: int
+    out: int
+    activation: str
+    out_scale: float
+
+    @nn.compact
+    def __call__(self, x):
+        act = nn.relu if self.activation == "relu" else nn.tanh
+        x, activations = x.reshape((x.shape[0], -1)), {}
+        for i in range(self.depth):
+            x = act(nn.Dense(self.width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)), name=f"hidden_{i}")(x))
+            activations[f"hidden_{i}"] = x
+        x = nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale), name="output")(x)
+        activations["output"] = x
+        return x, activations
+
+    @property
+    def layer_proportions(self):
+        """h / H for each layer, counting the output layer (OPEN App. B.2)."""
+        layers = self.depth + 1
+        return {**{f"hidden_{i}": (i + 1) / layers for i in range(self.depth)}, "output": 1.0}
+
+
+def action_distribution(actor_out, continuous):
+    """Categorical over logits, or a diagonal Gaussian with softplus scale (as Brax's PPO) for continuous actions."""
+    if not continuous:
+        return distrax.Categorical(logits=actor_out)
+    loc, raw_scale = jnp.split(actor_out, 2, axis=-1)
+    return distrax.MultivariateNormalDiag(loc, jax.nn.softplus(raw_scale) + 1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- optimizers
+def hand_designed(name, anneal_steps=None):
+    """optax's adam / rmsprop / lion / sgd as `optimizer_fn(hyperparameters)`, the hyperparameters traced, so a sweep
+    over them is one vmapped program. Hyperparameters: dict with learning_rate, b1, b2, decay (unused ones ignored).
+    With `anneal_steps`, the learning rate decays linearly to 0 over that many updates."""
+    def optimizer_fn(hp):
+        lr = optax.linear_schedule(hp["learning_rate"], 0.0, anneal_steps) if anneal_steps else hp["learning_rate"]
+        tx = {"adam": lambda: optax.adam(lr, b1=hp["b1"], b2=hp["b2"]),
+              "rmsprop": lambda: optax.rmsprop(lr, decay=hp["decay"]),
+              "lion": lambda: optax.lion(lr, b1=hp["b1"], b2=hp["b2"]),
+              "sgd": lambda: optax.sgd(lr)}[name]()
+        return optax.with_extra_args_support(tx)
+    return optimizer_fn
+
+
+def hyperparameters(config):
+    return {k: jnp.float32(getattr(config, k)) for k in ("learning_rate", "b1", "b2", "decay")}
+
+
+def optimizer_steps(config):
+    """Number of optimizer updates in a run: updates x epochs x minibatches."""
+    return config.total_timesteps // (config.num_envs * config.num_steps) * config.update_epochs * \
+        config.num_minibatches
+
+
+# ----------------------------------------------------------------------------------------------- learned-optimizer context
+def dormancy_scores(activation):
+    """OPEN eq. 6: E|h_i| over the batch divided by its mean over the layer's neurons; tau-dormant if <= tau."""
+    mean_abs = jnp.abs(activation).reshape(-1, activation.shape[-1]).mean(0)
+    return mean_abs / jnp.maximum(mean_abs.mean(), 1e-12)
+
+
+def per_parameter(layer_values, params):
+    """Tile one value per layer, or per output neuron of a layer, over every parameter feeding that neuron."""
+    return {"params": {name: jax.tree.map(lambda p, v=layer_values[name]: jnp.broadcast_to(v, p.shape), layer)
+                       for name, layer in params["params"].items()}}
+
+
+def optimizer_context(params, activations, layer_proportions, actor_layers, training_proportion, batch_proportion,
+                      key):
+    """The keyword arguments handed to the optimizer's update (see the module docstring); `actor_layers` names the
+    layers that belong to the actor."""
+    return dict(
+        training_proportion=training_proportion,
+        batch_proportion=batch_proportion,
+        dormancy=per_parameter({n: dormancy_scores(a) for n, a in activations.items()}, params),
+        layer_proportion=per_parameter(layer_proportions, params),
+        actor_mask=per_parameter({n: float(n in actor_layers) for n in params["params"]}, params),
+        key=key,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- training
+def gae(rewards, values, dones, last_value, gamma, lam):
+    """Generalised advantage estimation over time (axis 0). `dones` (terminated or truncated) cuts the trace;
+    truncated steps were already bootstrapped into their reward, r + gamma * V(final observation)."""
+    def backward(carry, step):
+        next_advantage, next_value = carry
+        reward, value, done = step
+        delta = reward + gamma * next_value * (1 - done) - value
+        advantage = delta + gamma * lam * (1 - done) * next_advantage
+        return (advantage, value), advantage
+
+    _, advantages = jax.lax.scan(backward, (jnp.zeros_like(last_value), last_value), (rewards, values, dones),
+                                 reverse=True)
+    return advantages, advantages + values
+
+
+def last_episode_return(log_state):
+    """Mean over envs of each env's most recent completed episode return (NaN until one has completed)."""
+    valid = log_state.returned_episode_valid
+    return jnp.where(valid.any(), (log_state.returned_episode_returns * valid).sum() / jnp.maximum(valid.sum(), 1),
+                     jnp.nan)
+
+
+def evaluate(env, env_params, act, rng, num_episodes, max_steps):
+    """Mean return of one episode in each of `num_episodes` parallel envs, actions from `act(obs, key)`."""
+    rng, reset_key = jax.random.split(rng)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_episodes), env_params)
+
+    def step(carry, key):
+        obs, state, total, running = carry
+        act_key, env_key = jax.random.split(key)
+        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(env_key, num_episodes), state, act(obs, act_key), env_params)
+        total = total + reward * running
+        return (obs, state, total, running & ~(terminated | truncated)), None
+
+    init = (obs, state, jnp.zeros(num_episodes), jnp.ones(num_episodes, bool))
+    (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(rng, max_steps))
+    return total.mean()
+
+
+def make_train(config, optimizer_fn):
+    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}."""
+    validate(config, optimizer_names=(config.optimizer,))
+    env, default_env_params = make_env(config.env_name, config.brax_backend, config.episode_length)
+    continuous = isinstance(env.action_space(default_env_params), spaces.Box)
+    action_space = env.action_space(default_env_params)
+    out = 2 * action_space.shape[0] if continuous else action_space.n
+    actor = MLP(config.width, config.depth, out, config.activation, out_scale=0.01)
+    critic_depth = config.depth if config.critic_depth is None else config.critic_depth
+    critic = MLP(config.width, critic_depth, 1, config.activation, out_scale=1.0)
+    networks = {"actor": actor, "critic": critic}
+    num_updates = config.total_timesteps // (config.num_envs * config.num_steps)
+    batch_size = config.num_envs * config.num_steps
+    minibatch_size = batch_size // config.num_minibatches
+    eval_max_steps = config.eval_max_steps or int(default_env_params.max_steps_in_episode)
+    clip_gradient = optax.clip_by_global_norm(config.max_grad_norm)
+    vmapped_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def value_of(params, obs):
+        return critic.apply(params["critic"], obs)[0][:, 0]
+
+    def loss_fn(params, batch):
+        actor_out, actor_activations = actor.apply(params["actor"], batch["obs"])
+        value, critic_activations = critic.apply(params["critic"], batch["obs"])
+        value = value[:, 0]
+        pi = action_distribution(actor_out, continuous)
+        ratio = jnp.exp(pi.log_prob(batch["action"]) - batch["log_prob"])
+        advantage = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
+        actor_loss = -jnp.minimum(ratio * advantage,
+                                  jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * advantage).mean()
+        value_clipped = batch["value"] + jnp.clip(value - batch["value"], -config.clip_eps, config.clip_eps)
+        value_loss = 0.5 * jnp.maximum((value - batch["target"]) ** 2, (value_clipped - batch["target"]) ** 2).mean()
+        loss = actor_loss + config.vf_coef * value_loss - config.ent_coef * pi.entropy().mean()
+        return loss, {"actor": actor_activations, "critic": critic_activations}
+
+    def train(rng, optimizer_params, env_params=None):
+        env_params = default_env_params if env_params is None else env_params
+        optimizer = optimizer_fn(optimizer_params)
+        seed_tag = rng[-1]
+        rng, actor_key, critic_key, reset_key = jax.random.split(rng, 4)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, config.num_envs),
+                                                                env_params)
+        params = {"actor": actor.init(actor_key, obs), "critic": critic.init(critic_key, obs)}
+        opt_state = {name: optimizer.init(p) for name, p in params.items()}
+
+        def env_step(carry, key):
+            params, env_state, obs = carry
+            action_key, env_key = jax.random.split(key)
+            pi = action_distribution(actor.apply(params["actor"], obs)[0], continuous)
+            action = pi.sample(seed=action_key)
+            next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
+                jax.random.split(env_key, config.num_envs), env_state, action, env_params)
+            bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
+            reward = reward * config.reward_scale + config.gamma * value_of(params, info["final_observation"]) \
+                * bootstrap
+            step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
+                        reward=reward, done=(terminated | truncated).astype(jnp.float32))
+            return (params, env_state, next_obs), step
+
+        def update(carry, update_index):
+            params, opt_state, env_state, obs, rng = carry
+            rng, rollout_key, epoch_key = jax.random.split(rng, 3)
+            (_, env_state, obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
+                                                        jax.random.split(rollout_key, config.num_steps))
+            advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, obs),
+                                    config.gamma, config.gae_lambda)
+            batch = {k: rollout[k] for k in ("obs", "action", "log_prob", "value")}
+            batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),
+                                 dict(batch, advantage=advantage, target=target))
+            training_proportion = update_index / num_updates
+
+            def epoch(carry, inputs):
+                epoch_index, key = inputs
+                permutation_key, minibatch_key = jax.random.split(key)
+                shuffled = jax.tree.map(
+                    lambda x: jax.random.permutation(permutation_key, x).reshape(
+                        (config.num_minibatches, minibatch_size) + x.shape[1:]), batch)
+
+                def minibatch(carry, inputs):
+                    params, opt_state = carry
+                    mb, key = inputs
+                    (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+                    new_params, new_opt_state = {}, {}
+                    for name, net_key in zip(networks, jax.random.split(key)):
+                        actor_layers = params[name]["params"] if name == "actor" else ()
+                        context = optimizer_context(params[name], activations[name], networks[name].layer_proportions,
+                                                    actor_layers, training_proportion,
+                                                    epoch_index / config.update_epochs, net_key)
+                        grad, _ = clip_gradient.update(grads[name], clip_gradient.init(grads[name]))
+                        updates, new_opt_state[name] = optimizer.update(grad, opt_state[name], params[name], **context)
+                        new_params[name] = optax.apply_updates(params[name], updates)
+                    dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
+                                                  for n, a in activations["actor"].items() if n != "output"]))
+                    return (new_params, new_opt_state), {"loss": loss, "dormant_fraction": dormant}
+
+                carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
+                                                                                           config.num_minibatches)))
+                return carry, stats
+
+            (params, opt_state), stats = jax.lax.scan(
+                epoch, (params, opt_state),
+                (jnp.arange(config.update_epochs), jax.random.split(epoch_key, config.update_epochs)))
+            metrics = {"episode_return": last_episode_return(env_state), "loss": stats["loss"].mean(),
+                       "dormant_fraction": stats["dormant_fraction"][-1, -1]}
+            if config.log_every:
+                log_progress(seed_tag, update_index, num_updates, metrics, config.log_every)
+            return (params, opt_state, env_state, obs, rng), metrics
+
+        (params, *_, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
+                                                  jnp.arange(num_updates))
+
+        def act(obs, key):
+            return action_distribution(actor.apply(params["actor"], obs)[0], continuous).sample(seed=key)
+
+        final_return = evaluate(env, env_params, act, rng, config.eval_episodes, eval_max_steps)
+        return {"metrics": metrics, "final_return": final_return, "params": params}
+
+    return train
+
+
+def log_progress(seed, update_index, num_updates, metrics, every):
+    """Print a progress line from inside the jitted run every `every` updates. The update index is the same for all
+    vmapped seeds, so the condition stays a real branch and skipped updates cost nothing."""
+    def show(seed, update_index, metrics):
+        print(f"seed {int(seed)}  update {int(update_index) + 1}/{num_updates}  "
+              f"return {float(metrics['episode_return']):.2f}  loss {float(metrics['loss']):.4f}  "
+              f"dormant {float(metrics['dormant_fraction']):.2f}", flush=True)
+
+    jax.lax.cond((update_index % every == 0) | (update_index == num_updates - 1),
+                 lambda: jax.debug.callback(show, seed, update_index, metrics), lambda: None)
+
+
+def parse_config(config_class, presets, argv=None):
+    """`--preset NAME` picks a preset (a dict of overrides); every config field can then be set by a flag."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--preset", default="default")
+    known, rest = parser.parse_known_args(argv)
+    if known.preset not in presets:
+        raise SystemExit(f"unknown preset {known.preset!r}; valid: {', '.join(presets)}")
+    return tyro.cli(config_class, default=replace(config_class(), **presets[known.preset]), args=rest,
+                    description=f"Presets (--preset): {', '.join(presets)}")
+
+
+def main(config):
+    validate(config)
+    anneal = optimizer_steps(config) if config.anneal_lr else None
+    train = jax.jit(jax.vmap(make_train(config, hand_designed(config.optimizer, anneal)), in_axes=(0, None)))
+    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
+    start = time.time()
+    out = jax.block_until_ready(train(jax.vmap(jax.random.PRNGKey)(seeds), hyperparameters(config)))
+    seconds = time.time() - start
+    final = np.asarray(out["final_return"])
+    print(f"\nPPO on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
+          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {seconds:.0f} s (compile included)")
+    for seed, value in zip(np.asarray(seeds), final):
+        print(f"  seed {seed}: final return {value:.2f}")
+    print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
+    return out
+
+
+if __name__ == "__main__":
+    main(parse_config(PPOConfig, PRESETS))
