@@ -12,6 +12,12 @@ differentiate through inner updates; `make_train(config, optimizer_fn)` chains u
 The optimizer receives the same context as in `ppo.py` (training proportion, dormancy, layer proportion, actor mask,
 key; batch proportion is 0: A2C makes one update per batch).
 """
+import os
+# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
+# before jax starts.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 

@@ -11,6 +11,12 @@ width blocked, slots past `num_objects` unused), so levels can be sampled inside
     env, params = make("all")                                   # one fixed sample, usable like any gymnax env
     levels = jax.vmap(lambda k: sample_level(k, env))(keys)     # OPEN's distribution (Table 8), one level per env
 """
+import os
+# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
+# before jax starts.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 
 import argparse
 import dataclasses

@@ -19,6 +19,12 @@ it receives, as keyword arguments, the context a learned optimizer conditions on
 Hand-designed optax optimizers ignore it. Actor and critic are separate networks, each clipped to global norm 0.5
 and updated by its own optimizer state (shared optimizer parameters), as in OPEN's code.
 """
+import os
+# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
+# before jax starts.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 import argparse
 import time
 from dataclasses import asdict, dataclass, replace
@@ -230,7 +236,7 @@ def optimizer_steps(config):
         config.num_minibatches
 
 
-# ----------------------------------------------------------------------------------------------- learned-optimizer context
+# ------------------------------------------------------------------------------------------ learned-optimizer context
 def dormancy_scores(activation):
     """OPEN eq. 6: E|h_i| over the batch divided by its mean over the layer's neurons; tau-dormant if <= tau."""
     mean_abs = jnp.abs(activation).reshape(-1, activation.shape[-1]).mean(0)

@@ -3,8 +3,13 @@ minibatches) next to raw env stepping (64 vmapped envs, random actions), measure
 
     python bench/bench_ppo.py [--updates 10] [--preset breakout]
 """
-import argparse
 import os
+# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
+# before jax starts.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+import argparse
 import sys
 import time
 from dataclasses import replace
