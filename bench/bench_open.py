@@ -1,0 +1,63 @@
+"""OPEN's cost, measured in one run, compile excluded:
+1. env steps/s of PPO with OPEN vs PPO with Adam at OPEN's Breakout-MinAtar preset (64 envs x 128 steps, 4 epochs x
+   8 minibatches), and their time ratio (goal: OPEN at most 1.3x Adam);
+2. env steps/s of one whole ES generation (every member training and evaluating a PPO agent) at population sizes
+   8, 16, 32, 64 on the default task of open_es.py (PPO training steps counted; the final evaluation is not).
+
+    python bench/bench_open.py [--updates 10] [--populations 8 16 32 64]
+"""
+import os
+# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
+# before jax starts.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+import argparse
+import sys
+from dataclasses import replace
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import open_es  # noqa: E402
+import ppo  # noqa: E402
+from bench_ppo import timed  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--populations", type=int, nargs="+", default=[8, 16, 32, 64])
+    args = parser.parse_args()
+    print(f"device: {jax.devices()[0].device_kind}")
+
+    config = replace(replace(ppo.PPOConfig(), **ppo.PRESETS["breakout"]), log_every=0, eval_episodes=1,
+                     eval_max_steps=1)
+    steps = config.num_envs * config.num_steps * args.updates
+    config = replace(config, total_timesteps=steps)
+    open_config = replace(open_es.OpenConfig(), ppo=config)
+    seconds = {}
+    for name, optimizer_fn, optimizer_params in (
+            ("Adam", ppo.hand_designed("adam"), ppo.hyperparameters(config)),
+            ("OPEN", open_es.open_optimizer(open_config),
+             open_es.init_meta_params(open_config, jax.random.PRNGKey(0)))):
+        train = jax.jit(ppo.make_train(config, optimizer_fn)).lower(jax.random.PRNGKey(0), optimizer_params).compile()
+        seconds[name] = timed(train, jax.random.PRNGKey(0), optimizer_params)
+        print(f"PPO + {name:4s} on {config.env_name} ({args.updates} updates): {steps / seconds[name]:10,.0f} env steps/s")
+    print(f"OPEN / Adam time: {seconds['OPEN'] / seconds['Adam']:.2f}x")
+
+    base = open_es.OpenConfig()
+    for population in args.populations:
+        config = replace(base, population_size=population)
+        meta = open_es.init_meta_params(config, jax.random.PRNGKey(0))
+        es = open_es.make_es(config, meta)
+        state = es.init(jax.random.PRNGKey(0), meta, es.default_params)
+        generation = open_es.make_generation(es, open_es.make_member_returns(config))
+        seconds = timed(generation, state, jax.random.PRNGKey(1), repeats=2)
+        env_steps = population * config.num_rollouts * config.ppo.total_timesteps  # training steps; eval not counted
+        print(f"ES generation, population {population:3d}: {seconds:6.1f} s, {env_steps / seconds:10,.0f} "
+              f"training env steps/s")
+
+
+if __name__ == "__main__":
+    main()
