@@ -123,18 +123,19 @@ def sign_log(x, eps=1e-8):
     return [jnp.sign(x), jnp.log(jnp.abs(x) + eps)]
 
 
-def per_tensor_unit_second_moment(features, tensor_of):
+def per_tensor_unit_second_moment(features, sizes):
     """Scale each feature channel to second moment 1 within each parameter tensor (App. B.2, after Metz et al.).
-    features: (N, C) for N parameters; tensor_of: (N, T) one-hot of the tensor each parameter belongs to."""
-    second_moment = (tensor_of.T @ features ** 2) / tensor_of.sum(0)[:, None]
-    return features * (tensor_of @ jax.lax.rsqrt(1e-5 + second_moment))
+    features: (N, C) for N parameters, the tensors' entries one after another with the given sizes."""
+    bounds = np.cumsum([0] + list(sizes))
+    return jnp.concatenate([x * jax.lax.rsqrt(1e-5 + jnp.mean(x ** 2, axis=0))
+                            for x in (features[a:b] for a, b in zip(bounds[:-1], bounds[1:]))])
 
 
-def optimizer_inputs(grad, momenta, param, tensor_of, training_proportion, batch_proportion, dormancy,
+def optimizer_inputs(grad, momenta, param, sizes, training_proportion, batch_proportion, dormancy,
                      layer_proportion):
     """The 19 inputs of each of N parameters, shape (N, 19); arguments are flat (N,) vectors, momenta (6, N)."""
     tensor_features = jnp.stack(sign_log(grad) + sum((sign_log(m) for m in momenta), []) + [param], -1)
-    tensor_features = per_tensor_unit_second_moment(tensor_features, tensor_of)
+    tensor_features = per_tensor_unit_second_moment(tensor_features, sizes)
     proportions = jnp.broadcast_to(jnp.stack([training_proportion, batch_proportion]), (grad.shape[0], 2))
     return jnp.concatenate([tensor_features, proportions, dormancy[:, None], layer_proportion[:, None]], -1)
 
@@ -163,9 +164,8 @@ def open_optimizer(config):
             grad, unravel = jax.flatten_util.ravel_pytree(grads)
             flat = lambda tree, default: default if tree is None else jax.flatten_util.ravel_pytree(tree)[0]  # noqa
             sizes = [g.size for g in jax.tree.leaves(grads)]
-            tensor_of = jnp.asarray(np.repeat(np.eye(len(sizes), dtype=np.float32), sizes, axis=0))
             momenta = betas * state["momenta"] + (1 - betas) * grad
-            inputs = optimizer_inputs(grad, momenta, flat(params, None), tensor_of,
+            inputs = optimizer_inputs(grad, momenta, flat(params, None), sizes,
                                       jnp.float32(training_proportion), jnp.float32(batch_proportion),
                                       flat(dormancy, jnp.ones_like(grad)), flat(layer_proportion, jnp.ones_like(grad)))
             hidden, outputs = network.apply(meta_params, state["hidden"], inputs)

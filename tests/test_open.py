@@ -60,11 +60,10 @@ def test_inputs_are_normalised_per_tensor_and_carry_the_context():
     params = {"w": jnp.ones((5, 4)), "b": jnp.ones(4)}
     grads = {"w": jax.random.normal(jax.random.PRNGKey(0), (5, 4)) * 1e-3, "b": jnp.array([1e-6, -2e-6, 3e-6, 0.5])}
     sizes = [4, 20]  # tree order: b, w
-    tensor_of = jnp.asarray(np.repeat(np.eye(2, dtype=np.float32), sizes, axis=0))
     flat = lambda tree: jax.flatten_util.ravel_pytree(tree)[0]  # noqa: E731
     momenta = jnp.stack([flat(grads) * (i + 1) for i in range(6)])
     dormancy, layer = jnp.linspace(0, 2, 24), jnp.linspace(1, 0, 24)
-    inputs = open_es.optimizer_inputs(flat(grads), momenta, flat(params), tensor_of, 0.25, 0.75, dormancy, layer)
+    inputs = open_es.optimizer_inputs(flat(grads), momenta, flat(params), sizes, 0.25, 0.75, dormancy, layer)
     assert inputs.shape == (24, open_es.NUM_INPUTS)
     for start, size in ((0, 4), (4, 20)):  # second moment ~1 per channel within each tensor
         block = inputs[start:start + size, :15]
