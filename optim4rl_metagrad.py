@@ -1,0 +1,447 @@
+"""Optim4RL (Lan et al., 2023): a learned optimizer for RL, meta-trained with meta-gradients and pipeline training.
+
+    python optim4rl_metagrad.py                       # meta-train on Catch, then evaluate (2-core CPU: about 5 min)
+    python optim4rl_metagrad.py --preset no_pipeline  # the pipeline-training ablation (Table 1)
+    python optim4rl_metagrad.py --eval runs/optim4rl_catch --eval-env small_dense_short
+
+The optimizer (Algorithm 1, App. A) works coordinate-wise: every agent parameter has its own hidden states of two
+GRUs; GRU1 reads the gradient g and an MLP maps its state to o1, GRU2 reads g^2 and another MLP gives o2;
+m = sign(g) exp(o1), v = exp(o2) and the update is -lr m / sqrt(v + eps) (eq. 2). The input gradient is stop-gradient.
+`make_optimizer_fn(config)(optimizer_params)`, with `optimizer_params = {"meta": meta_params, "learning_rate": lr}`,
+is an ordinary `optax.GradientTransformationExtraArgs` (context keyword arguments are ignored), so
+`a2c.make_train(config, optimizer_fn)`, `ppo.make_train(config, optimizer_fn)` or any optax user trains with it.
+
+Meta-training (Sec. 2.2, 5.1, App. C): n training units (agent parameters, envs, optimizer state) are vmapped; each
+meta-step makes M inner A2C updates per unit (a2c.py, each on a fresh 20-step rollout), takes the A2C loss on the next
+rollout as the outer loss, averages its meta-gradient over units (through the parameter updates and the GRU states)
+and applies Adam with global-norm clipping. With pipeline training, unit i is re-initialised when t mod m == r_i.
+"""
+import os
+# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
+# before jax starts.
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+import functools
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.stats
+from jax.flatten_util import ravel_pytree
+
+import a2c
+from ppo import hand_designed, hyperparameters, parse_config
+
+
+@dataclass(frozen=True)
+class Optim4RLConfig:
+    architecture: str = "optim4rl"  # "optim4rl" (Algorithm 1) or "linear_optim" (the Sec. 6.1 ablation, LinearOptim)
+    gru_size: int = 8  # hidden size of each GRU (Sec. 6, App. A)
+    mlp_sizes: tuple[int, ...] = (16, 16)  # hidden layers of each MLP head (Sec. 6, App. A)
+    gradient_processing: bool = True  # GRU inputs [sign g, log|g|] and log g^2 (ICLR 2024 version) instead of g, g^2
+    agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3 (App. C.3)
+    env_name: str = "Catch-bsuite"  # meta-training env, with its a2c.py preset (App. C)
+    num_units: int = 64  # n training units (Sec. 5.1); Catch: 64 (App. C.3)
+    envs_per_unit: int = 16  # envs of each unit's A2C agent; the authors' code: 1 (far noisier meta-gradients)
+    inner_updates: int = 4  # M inner updates per outer update (Sec. 2.2, App. C)
+    pipeline: bool = True  # pipeline training (Sec. 5.1); off: units start together and are never reset
+    reset_interval: int = 32  # m (Sec. 5.1); Catch: 32 or 64 (App. C.3)
+    num_meta_steps: int = 500  # outer updates of the whole run (the authors' Catch runs: 5e5 env steps, 78)
+    meta_lr: float = 3e-3  # Adam meta learning rate, swept over {1e-5, ..., 1e-2} (App. C.3)
+    meta_grad_clip: float = 0.5  # global-norm clip of the meta-gradient (the authors' configs)
+    checkpoint_every: int = 50  # K: meta-steps per compiled chunk; a progress line and a checkpoint after each
+    run_dir: str = "runs/optim4rl_catch"  # checkpoint.npz (meta-state + this config) and evaluation outputs
+    seed: int = 0  # seed of meta-training; evaluation seeds are seed, seed + 1, ...
+    eval: Optional[str] = None  # a checkpoint (or its run dir) to evaluate instead of meta-training
+    eval_env: Optional[str] = None  # env of the evaluation (None: env_name), trained with its a2c.py preset
+    eval_seeds: int = 10  # N seeds per optimizer (Sec. 6: 10 runs, 90% confidence intervals)
+    eval_timesteps: int = 500_000  # env steps of each evaluation run (the authors' Catch runs: 5e5)
+
+
+PRESETS = {
+    "default": {},
+    "catch": {},
+    "catch_m64": dict(reset_interval=64),
+    "catch_one_env": dict(envs_per_unit=1),  # one env a unit, as the authors' code
+    "no_pipeline": dict(pipeline=False),
+    "big_dense_long": dict(env_name="big_dense_long", agent_lr=3e-3, num_units=512, envs_per_unit=1,
+                           reset_interval=144, run_dir="runs/optim4rl_big_dense_long"),  # App. C.3: for GPUs
+}
+ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,)}  # outputs of the MLP head on each GRU
+ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
+EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
+RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir") + EVAL_FIELDS  # free to change when resuming
+EPS = 1e-8  # eps of eq. 2 (Algorithm 1)
+LOG_EPS = 1e-18  # inside log|g| (the authors' code)
+
+
+def agent_config(env_name, **overrides):
+    """The a2c.py config of `env_name`: its preset (App. C) if it has one, the A2C defaults otherwise."""
+    preset = next((p for p in a2c.PRESETS.values() if p.get("env_name") == env_name), {})
+    return replace(a2c.A2CConfig(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
+
+
+def unit_agent_config(config):
+    return agent_config(config.env_name, num_envs=config.envs_per_unit, learning_rate=config.agent_lr)
+
+
+def eval_agent_config(config):
+    """On the meta-training env at its agent lr (Catch: 1e-3, App. C.3); on another env at that env's a2c.py lr."""
+    env_name = config.eval_env or config.env_name
+    lr = {"learning_rate": config.agent_lr} if env_name == config.env_name else {}
+    return agent_config(env_name, total_timesteps=config.eval_timesteps, num_seeds=config.eval_seeds, **lr)
+
+
+def validate(config):
+    """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+    for field in ("gru_size", "num_units", "envs_per_unit", "inner_updates", "num_meta_steps", "checkpoint_every",
+                  "eval_timesteps"):
+        if getattr(config, field) < 1:
+            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    if config.reset_interval < 1:
+        raise ValueError(f"reset_interval must be at least 1, got {config.reset_interval}")
+    if not config.mlp_sizes or min(config.mlp_sizes) < 1:
+        raise ValueError(f"mlp_sizes must be one or more positive sizes, got {config.mlp_sizes}")
+    if config.eval_seeds < 2:
+        raise ValueError(f"eval_seeds must be at least 2 for a confidence interval, got {config.eval_seeds}")
+    for field in ("agent_lr", "meta_lr", "meta_grad_clip"):
+        if getattr(config, field) <= 0:
+            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    if config.eval and not os.path.isfile(checkpoint_path(config.eval)):
+        raise ValueError(f"eval: no checkpoint at {config.eval!r}")
+    a2c.validate(unit_agent_config(config))
+    a2c.validate(eval_agent_config(config))
+
+
+# ----------------------------------------------------------------------------------------------- the optimizer
+class LearnedOptimizer(nn.Module):
+    """One GRU per input (Algorithm 1: g and g^2; LinearOptim: g), each followed by an MLP head. Applied to a flat
+    vector of N gradients with hidden states (N, GRUs, gru_size); returns the new states and the outputs (N, o)."""
+    architecture: str
+    gru_size: int
+    mlp_sizes: tuple[int, ...]
+    gradient_processing: bool
+
+    @nn.compact
+    def __call__(self, hidden, g):
+        if self.gradient_processing:  # RL gradients span many orders of magnitude (ICLR 2024 version)
+            log_abs = jnp.log(jnp.abs(g) + LOG_EPS)
+            inputs = (jnp.stack([jnp.sign(g), log_abs], -1), 2.0 * log_abs[:, None])
+        else:
+            inputs = (g[:, None], (g * g)[:, None])
+        states, outputs = [], []
+        for i, num_outputs in enumerate(ARCHITECTURES[self.architecture]):
+            state, x = nn.GRUCell(self.gru_size, name=f"gru{i + 1}")(hidden[:, i], inputs[i])
+            for j, size in enumerate(self.mlp_sizes):
+                x = nn.relu(nn.Dense(size, name=f"mlp{i + 1}_{j}")(x))
+            # zero read-out: o = 0 at initialisation, so Optim4RL starts as sign-SGD, -lr sign(g)
+            outputs.append(nn.Dense(num_outputs, kernel_init=nn.initializers.zeros, name=f"out{i + 1}")(x))
+            states.append(state)
+        return jnp.stack(states, 1), jnp.concatenate(outputs, -1)
+
+
+def parameter_update(architecture, g, o, learning_rate):
+    """Optim4RL, eq. 2: m = sign(g) exp(o1), v = exp(o2), -lr m / sqrt(v + eps). LinearOptim (Sec. 6.1):
+    -lr (exp(o1) g + exp(o2) o3)."""
+    if architecture == "optim4rl":
+        return -learning_rate * jnp.sign(g) * jnp.exp(o[:, 0]) / jnp.sqrt(jnp.exp(o[:, 1]) + EPS)
+    return -learning_rate * (jnp.exp(o[:, 0]) * g + jnp.exp(o[:, 1]) * o[:, 2])
+
+
+def optimizer_network(config):
+    return LearnedOptimizer(config.architecture, config.gru_size, tuple(config.mlp_sizes), config.gradient_processing)
+
+
+class LearnedOptimizerState(NamedTuple):
+    hidden: jax.Array  # (parameters, GRUs, gru_size): every parameter's own GRU states (Algorithm 1)
+
+
+def make_optimizer_fn(config):
+    """`optimizer_fn({"meta": meta_params, "learning_rate": lr})` -> optax transformation of Algorithm 1."""
+    network = optimizer_network(config)
+    num_grus = len(ARCHITECTURES[config.architecture])
+
+    def optimizer_fn(optimizer_params):
+        def init(params):
+            size = sum(x.size for x in jax.tree.leaves(params))
+            return LearnedOptimizerState(jnp.zeros((size, num_grus, config.gru_size)))
+
+        def update(updates, state, params=None, **context):
+            g, unravel = ravel_pytree(updates)
+            g = jax.lax.stop_gradient(g)  # Algorithm 1: the input gradient carries no meta-gradient
+            hidden, o = network.apply(optimizer_params["meta"], state.hidden, g)
+            return unravel(parameter_update(config.architecture, g, o, optimizer_params["learning_rate"])), \
+                LearnedOptimizerState(hidden)
+
+        return optax.GradientTransformationExtraArgs(init, update)
+
+    return optimizer_fn
+
+
+def init_meta_params(config, rng):
+    """The meta-parameters that meta-training with key `rng` starts from (zero read-outs: sign-SGD)."""
+    num_grus = len(ARCHITECTURES[config.architecture])
+    return optimizer_network(config).init(jax.random.fold_in(rng, 1), jnp.zeros((1, num_grus, config.gru_size)),
+                                          jnp.zeros(1))
+
+
+# ----------------------------------------------------------------------------------------------- meta-training
+class Unit(NamedTuple):
+    """A training unit (Sec. 5.1): an A2C agent, its envs, its optimizer state, iterations since its last reset."""
+    params: dict
+    opt_state: LearnedOptimizerState
+    env_state: object
+    obs: jax.Array
+    age: jax.Array
+
+
+class MetaState(NamedTuple):
+    meta_params: dict
+    meta_opt_state: tuple
+    units: Unit  # every leaf has a leading axis of num_units
+    step: jax.Array  # t, meta-steps done
+    skipped: jax.Array  # meta-steps whose meta-gradient was not finite
+    rng: jax.Array
+
+
+def reset_offsets(num_units, reset_interval):
+    """r_i = int(linspace(0, m - 1, n)) (Sec. 5.1)."""
+    return np.linspace(0, reset_interval - 1, num_units).astype(np.int32)
+
+
+def reset_mask(step, offsets, reset_interval, pipeline):
+    """Which units are re-initialised at meta-step t: t mod m == r_i with pipeline training, none without."""
+    return jnp.logical_and(pipeline, step % reset_interval == offsets)
+
+
+def outer_loss(meta_params, unit, key, agent, optimizer_fn, config):
+    """One unit's part of a meta-step (Sec. 2.2): M inner updates with the learned optimizer, each on a fresh rollout,
+    then the A2C loss of the updated parameters on the next rollout. Returns (loss, (unit after, training return))."""
+    optimizer = optimizer_fn({"meta": meta_params, "learning_rate": config.agent_lr})
+    training_proportion = unit.age / config.reset_interval  # context for learned optimizers (Optim4RL ignores it)
+
+    def inner(carry, key):
+        params, opt_state, env_state, obs, metrics = agent.update(*carry, key, optimizer, training_proportion)
+        return (params, opt_state, env_state, obs), metrics["episode_return"]
+
+    keys = jax.random.split(key, config.inner_updates + 1)
+    (params, opt_state, env_state, obs), returns = jax.lax.scan(
+        inner, (unit.params, unit.opt_state, unit.env_state, unit.obs), keys[:-1])
+    trajectory, env_state, obs = agent.rollout(params, env_state, obs, keys[-1])
+    loss, _ = agent.loss(params, trajectory, obs)
+    return loss, (Unit(params, opt_state, env_state, obs, unit.age + 1), returns[-1])
+
+
+def make_meta_optimizer(config):
+    return optax.chain(optax.clip_by_global_norm(config.meta_grad_clip), optax.adam(config.meta_lr))
+
+
+def apply_meta_gradient(meta_optimizer, state, units, grads, rng):
+    """Adam step on the meta-parameters. A non-finite meta-gradient is not applied: the step is counted as skipped
+    and the run continues from the state before it (meta-parameters, Adam state and units), with a new key."""
+    finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+    updates, meta_opt_state = meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
+    candidate = (optax.apply_updates(state.meta_params, updates), meta_opt_state, units)
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate,
+                        (state.meta_params, state.meta_opt_state, state.units))
+    return MetaState(*kept, state.step + 1, state.skipped + (~finite).astype(jnp.int32), rng)
+
+
+def make_meta_training(config):
+    """(init_state(rng), run_chunk(state, length)), both jitted; run_chunk makes `length` meta-steps in one lax.scan.
+    Configs that differ only in RUN_FIELDS or seed (e.g. a resumed, longer run) share one compiled program."""
+    return _meta_training(replace(config, **{n: getattr(Optim4RLConfig, n) for n in RUN_FIELDS + ("seed",)}))
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_training(config):
+    agent = a2c.make_agent(unit_agent_config(config))
+    optimizer_fn = make_optimizer_fn(config)
+    meta_optimizer = make_meta_optimizer(config)
+    offsets = jnp.asarray(reset_offsets(config.num_units, config.reset_interval))
+
+    def fresh_unit(key):
+        params, env_state, obs = agent.init(key)
+        return Unit(params, optimizer_fn(None).init(params), env_state, obs, jnp.int32(0))  # init: no meta-params
+
+    def init_state(rng):
+        meta_params = init_meta_params(config, rng)
+        rng, units_key = jax.random.split(rng)
+        units = jax.vmap(fresh_unit)(jax.random.split(units_key, config.num_units))
+        return MetaState(meta_params, meta_optimizer.init(meta_params), units, jnp.int32(0), jnp.int32(0), rng)
+
+    def mean_outer_loss(meta_params, units, keys):
+        losses, (units, returns) = jax.vmap(outer_loss, in_axes=(None, 0, 0, None, None, None))(
+            meta_params, units, keys, agent, optimizer_fn, config)
+        return losses.mean(), (units, returns)
+
+    def meta_step(state, _):
+        rng, reset_key, step_key = jax.random.split(state.rng, 3)
+        reset = reset_mask(state.step, offsets, config.reset_interval, config.pipeline)
+        fresh = jax.vmap(fresh_unit)(jax.random.split(reset_key, config.num_units))
+        units = jax.tree.map(lambda f, u: jnp.where(reset.reshape((-1,) + (1,) * (u.ndim - 1)), f, u),
+                             fresh, state.units)
+        (loss, (units, returns)), grads = jax.value_and_grad(mean_outer_loss, has_aux=True)(
+            state.meta_params, units, jax.random.split(step_key, config.num_units))
+        metrics = {"outer_loss": loss, "train_return": jnp.nanmean(returns), "grad_norm": optax.tree.norm(grads)}
+        return apply_meta_gradient(meta_optimizer, state, units, grads, rng), metrics
+
+    def run_chunk(state, length):
+        return jax.lax.scan(meta_step, state, None, length)
+
+    return jax.jit(init_state), jax.jit(run_chunk, static_argnums=1)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, config, state):
+    """The whole meta-state and the config in one .npz, written to a temporary file and renamed (atomic)."""
+    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".tmp", delete=False) as f:
+        np.savez(f, config=json.dumps(asdict(config)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def checkpoint_path(path):
+    return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
+
+
+def read_config(path):
+    with np.load(checkpoint_path(path)) as data:
+        saved = json.loads(str(data["config"]))
+    return Optim4RLConfig(**{**saved, "mlp_sizes": tuple(saved["mlp_sizes"])})
+
+
+def load_state(path, config):
+    """The meta-state in a checkpoint written with `config`'s architecture and training settings; anything else is
+    refused with the differing fields named, before anything compiles."""
+    saved = read_config(path)
+    for names, what in ((ARCHITECTURE_FIELDS, "another architecture"),
+                        ([f.name for f in fields(config) if f.name not in RUN_FIELDS], "other training settings")):
+        diff = {n: (getattr(saved, n), getattr(config, n)) for n in names if getattr(saved, n) != getattr(config, n)}
+        if diff:
+            raise ValueError(f"checkpoint {path} is of {what}: " + ", ".join(
+                f"{n} = {s!r} there, {c!r} here" for n, (s, c) in diff.items()))
+    template = jax.eval_shape(make_meta_training(config)[0], jax.random.PRNGKey(config.seed))
+    leaves, treedef = jax.tree.flatten(template)
+    with np.load(checkpoint_path(path)) as data:
+        arrays = [data[f"leaf_{i}"] for i in range(len(leaves))]
+    if [a.shape for a in arrays] != [x.shape for x in leaves]:
+        raise ValueError(f"checkpoint {path} does not fit the meta-state of its config")
+    return jax.tree.unflatten(treedef, [jnp.asarray(a, x.dtype) for a, x in zip(arrays, leaves)])
+
+
+def meta_train(config):
+    """Meta-train in chunks of `checkpoint_every` meta-steps, resuming from run_dir's checkpoint if there is one."""
+    validate(config)
+    os.makedirs(config.run_dir, exist_ok=True)
+    path = os.path.join(config.run_dir, "checkpoint.npz")
+    state = load_state(path, config) if os.path.exists(path) else None
+    init_state, run_chunk = make_meta_training(config)
+    state = init_state(jax.random.PRNGKey(config.seed)) if state is None else state
+    if int(state.step):
+        print(f"resuming {path} at meta-step {int(state.step)}")
+    while int(state.step) < config.num_meta_steps:
+        start = time.time()
+        length = min(config.checkpoint_every, config.num_meta_steps - int(state.step))
+        state, metrics = jax.block_until_ready(run_chunk(state, length))
+        save_checkpoint(path, config, state)
+        means = {k: float(np.nanmean(v)) for k, v in metrics.items()}  # over the chunk's meta-steps
+        print(f"meta-step {int(state.step)}/{config.num_meta_steps}  outer loss {means['outer_loss']:.4f}  "
+              f"train return {means['train_return']:.2f}  meta-grad norm {means['grad_norm']:.3g}  "
+              f"skipped {int(state.skipped)}  ({time.time() - start:.1f} s)", flush=True)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def confidence_interval(values, level=0.90):
+    """Mean over seeds (axis 0) and the half-width of its Student-t interval, t_{(1 + level) / 2, N - 1} * std /
+    sqrt(N) with the sample std (Sec. 6: 90% confidence intervals over 10 runs)."""
+    values = np.asarray(values, np.float64)
+    half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(0, ddof=1) / np.sqrt(len(values))
+    return values.mean(0), half
+
+
+def evaluate(config, meta_params, out_dir):
+    """Train fresh A2C agents on the evaluation env with the learned optimizer, the untrained one (sign-SGD), Adam and
+    RMSprop, N seeds each at one learning rate (eval_agent_config); print the mean final return with 90% CIs, plot
+    the training curves and write both next to the checkpoint."""
+    validate(config)
+    agent_cfg = eval_agent_config(config)
+    optimizer_fn = make_optimizer_fn(config)
+    lr = jnp.float32(agent_cfg.learning_rate)
+    runs = {"Optim4RL (learned)": (optimizer_fn, {"meta": meta_params, "learning_rate": lr}),
+            "Optim4RL (init)": (optimizer_fn, {"meta": init_meta_params(config, jax.random.PRNGKey(config.seed)),
+                                               "learning_rate": lr}),
+            "Adam": (hand_designed("adam"), hyperparameters(agent_cfg)),
+            "RMSprop": (hand_designed("rmsprop"), hyperparameters(agent_cfg))}
+    seeds = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds))
+    steps_per_update = agent_cfg.num_envs * agent_cfg.rollout_length
+    print(f"\n{agent_cfg.env_name}: A2C, {agent_cfg.total_timesteps:,} env steps x {config.eval_seeds} seeds, "
+          f"lr {agent_cfg.learning_rate}; final return = mean over {agent_cfg.eval_episodes} episodes")
+    results, trains = {}, {}  # one compiled program per optimizer function
+    for name, (fn, optimizer_params) in runs.items():
+        start = time.time()
+        train = trains.setdefault(fn, jax.jit(jax.vmap(a2c.make_train(agent_cfg, fn), in_axes=(0, None))))
+        out = train(seeds, optimizer_params)
+        final, curve = np.asarray(out["final_return"]), np.asarray(out["metrics"]["episode_return"])
+        mean, half = confidence_interval(final)
+        results[name] = {"final_returns": final.tolist(), "mean": mean, "ci90": half, "curve": curve}
+        print(f"  {name:20s} mean final return {mean:6.3f} +- {half:.3f} (90% CI)   ({time.time() - start:.0f} s)")
+    name = os.path.join(out_dir, f"eval_{agent_cfg.env_name}")
+    plot_curves(results, steps_per_update, agent_cfg.env_name, name + ".png")
+    with open(name + ".json", "w") as f:
+        json.dump({k: {m: v for m, v in r.items() if m != "curve"} for k, r in results.items()}, f, indent=1)
+    print(f"  curves: {name}.png")
+    return results
+
+
+def plot_curves(results, steps_per_update, env_name, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results.items():
+        curve = r["curve"]  # (seeds, updates): each seed's latest completed episode return
+        steps = np.arange(1, curve.shape[1] + 1) * steps_per_update
+        ok = np.isfinite(curve).all(0)
+        mean, half = confidence_interval(curve[:, ok])
+        ax.plot(steps[ok], mean, label=name)
+        ax.fill_between(steps[ok], mean - half, mean + half, alpha=0.2)
+    ax.set(xlabel="env steps", ylabel="training return", title=f"A2C on {env_name} (mean, 90% CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(config):
+    validate(config)
+    if config.eval:
+        trained = read_config(config.eval)
+        config = replace(trained, **{n: getattr(config, n) for n in EVAL_FIELDS})
+        validate(config)
+        state = load_state(config.eval, trained)
+        out_dir = os.path.dirname(checkpoint_path(config.eval))
+    else:
+        start = time.time()
+        state = meta_train(config)
+        print(f"meta-training: {config.num_meta_steps} meta-steps in {time.time() - start:.0f} s "
+              f"(compile included), {int(state.skipped)} skipped")
+        out_dir = config.run_dir
+    return evaluate(config, state.meta_params, out_dir)
+
+
+if __name__ == "__main__":
+    main(parse_config(Optim4RLConfig, PRESETS))

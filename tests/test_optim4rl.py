@@ -1,0 +1,296 @@
+"""optim4rl_metagrad.py: the update rule, the reset schedule, the meta-gradient, meta-training, checkpoints, the
+optax interface, bad input."""
+import os
+from dataclasses import replace
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import a2c
+import optim4rl_metagrad as om
+import ppo
+
+# 16 units of 16 envs, 40 meta-steps at a high meta-lr: about 30 s on a 2-core CPU, compiled once for all tests
+TINY = replace(om.Optim4RLConfig(), num_units=16, reset_interval=8, num_meta_steps=40,
+               checkpoint_every=10, meta_lr=3e-2, eval_timesteps=128_000, eval_seeds=2)
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    config = replace(TINY, run_dir=str(tmp_path_factory.mktemp("tiny")))
+    return config, om.meta_train(config)
+
+
+def optimizer(config, meta_params, lr):
+    return om.make_optimizer_fn(config)({"meta": meta_params, "learning_rate": lr})
+
+
+def randomized(meta, dtype=jnp.float32):
+    """Meta-parameters with every leaf perturbed, so that the read-outs are not zero and every path is active."""
+    keys = jax.random.split(jax.random.PRNGKey(7), len(jax.tree.leaves(meta)))
+    return jax.tree.unflatten(jax.tree.structure(meta), [x.astype(dtype) + 0.3 * jax.random.normal(k, x.shape, dtype)
+                                                         for x, k in zip(jax.tree.leaves(meta), keys)])
+
+
+# ----------------------------------------------------------------------------------------------- the update rule
+def test_update_matches_hand_computation_for_given_outputs():
+    g = jnp.array([0.3, -2e-5, 0.0])
+    o = jnp.array([[0.5, -1.0], [-0.2, 0.7], [1.0, 1.0]])
+    lr = 0.01
+    expected = [-lr * 1 * np.exp(0.5) / np.sqrt(np.exp(-1.0) + 1e-8),
+                -lr * -1 * np.exp(-0.2) / np.sqrt(np.exp(0.7) + 1e-8), 0.0]
+    np.testing.assert_allclose(om.parameter_update("optim4rl", g, o, lr), expected, rtol=1e-6)
+    o3 = jnp.array([[0.5, -1.0, 2.0], [-0.2, 0.7, -3.0], [1.0, 1.0, 0.5]])
+    expected = -lr * (np.exp(o3[:, 0]) * np.asarray(g) + np.exp(o3[:, 1]) * o3[:, 2])
+    np.testing.assert_allclose(om.parameter_update("linear_optim", g, o3, lr), expected, rtol=1e-6)
+
+
+def test_whole_optimizer_with_set_read_out_matches_hand_computation():
+    config = om.Optim4RLConfig()
+    meta = om.init_meta_params(config, jax.random.PRNGKey(0))
+    meta = {"params": {**meta["params"], "out1": {"kernel": meta["params"]["out1"]["kernel"], "bias": jnp.array([0.4])},
+                       "out2": {"kernel": meta["params"]["out2"]["kernel"], "bias": jnp.array([-0.9])}}}
+    params = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}
+    grads = {"w": jnp.array([[1e-6, -3.0, 0.2], [-0.1, 5e-3, 7.0]]), "b": jnp.array([-1.0, 2.0, -1e-9])}
+    tx = optimizer(config, meta, 0.01)
+    updates, state = tx.update(grads, tx.init(params), params)
+    step = 0.01 * np.exp(0.4) / np.sqrt(np.exp(-0.9) + 1e-8)
+    for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(u, -step * np.sign(g), rtol=1e-6)
+    assert state.hidden.shape == (9, 2, 8)  # every parameter has its own two GRU(8) states
+
+
+def test_initial_optimizer_is_sign_sgd_with_processed_inputs_and_linear_optim_is_sgd():
+    config = om.Optim4RLConfig()
+    assert config.gradient_processing
+    tx = optimizer(config, om.init_meta_params(config, jax.random.PRNGKey(0)), 1e-3)
+    magnitudes = 10.0 ** jax.random.uniform(jax.random.PRNGKey(1), (50,), minval=-9, maxval=2)
+    state = tx.init(jnp.zeros(50))
+    for key in jax.random.split(jax.random.PRNGKey(2), 3):  # the hidden states change, the update stays sign-SGD
+        g = magnitudes * jnp.sign(jax.random.normal(key, (50,)))
+        update, state = tx.update(g, state, None, training_proportion=0.5, key=key)  # context is ignored
+        np.testing.assert_allclose(update, -1e-3 * np.sign(g), rtol=1e-6)
+    assert np.abs(state.hidden).max() > 0
+    linear = replace(config, architecture="linear_optim")
+    tx = optimizer(linear, om.init_meta_params(linear, jax.random.PRNGKey(0)), 1e-3)
+    update, state = tx.update(g, tx.init(g))
+    np.testing.assert_allclose(update, -1e-3 * g, rtol=1e-6)  # LinearOptim starts as SGD
+    assert state.hidden.shape == (50, 1, 8)  # one GRU
+
+
+@pytest.mark.parametrize("gradient_processing", [True, False])
+def test_input_gradient_is_stop_gradient(gradient_processing):
+    config = replace(om.Optim4RLConfig(), gradient_processing=gradient_processing)
+    meta = randomized(om.init_meta_params(config, jax.random.PRNGKey(0)))
+    tx = optimizer(config, meta, 1e-3)
+    g = jnp.linspace(-1.0, 1.0, 8)
+    assert float(jnp.abs(jax.grad(lambda g: tx.update(g, tx.init(g))[0].sum())(g)).max()) == 0.0
+    assert float(jnp.abs(jax.grad(lambda m: optimizer(config, m, 1e-3).update(g, tx.init(g))[0].sum())(meta)[
+        "params"]["gru1"]["ir"]["kernel"]).max()) > 0  # the meta-parameters do get a gradient
+
+
+# ----------------------------------------------------------------------------------------------- pipeline training
+def test_reset_schedule_matches_the_papers_three_units_example():
+    offsets = om.reset_offsets(3, 3)
+    np.testing.assert_array_equal(offsets, [0, 1, 2])
+    resets = np.array([om.reset_mask(t, offsets, 3, True) for t in range(6)])
+    np.testing.assert_array_equal(resets, np.tile(np.eye(3, dtype=bool), (2, 1)))  # unit i at t = i, i + 3
+    age = np.zeros(3, int)
+    for t in range(4):
+        position = np.where(resets[t], 0, age)  # each unit's iteration within its training interval at step t
+        age = position + 1
+    np.testing.assert_array_equal(position, [0, 2, 1])  # t = 3 (Fig. 2a): unit 1 begins, 2 ends, 3 is midway
+    np.testing.assert_array_equal(om.reset_offsets(64, 32)[[0, 1, 2, 62, 63]], [0, 0, 0, 30, 31])
+    assert not np.any([om.reset_mask(t, offsets, 3, False) for t in range(20)])
+
+
+def test_meta_training_resets_units_on_schedule(trained):
+    config, state = trained
+    offsets = om.reset_offsets(config.num_units, config.reset_interval)
+    age = np.zeros(config.num_units, int)
+    for t in range(config.num_meta_steps):
+        age = np.where(om.reset_mask(t, offsets, config.reset_interval, True), 0, age) + 1
+    np.testing.assert_array_equal(state.units.age, age)
+    assert len(set(age.tolist())) == config.reset_interval  # units are spread over a whole training interval
+
+
+# ----------------------------------------------------------------------------------------------- the meta-gradient
+class LinearToy(NamedTuple):
+    """A tiny stand-in for a2c.Agent: the inner loss <c, theta> has gradient c whatever theta, so the stop-gradient of
+    Algorithm 1 changes nothing and finite differences see exactly the meta-gradient; outer loss sum(d sin(theta))."""
+    def update(self, params, opt_state, env_state, obs, key, optimizer, training_proportion):
+        grads = jax.random.normal(key, params.shape, params.dtype) * 10.0 ** jnp.arange(-4, 1, dtype=params.dtype)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return params + updates, opt_state, env_state, obs, {"episode_return": jnp.float32(0.0)}
+
+    def rollout(self, params, env_state, obs, key):
+        return jax.random.normal(key, params.shape, params.dtype), env_state, obs
+
+    def loss(self, params, trajectory, last_obs):
+        return jnp.sum(trajectory * jnp.sin(params)), None
+
+
+def test_meta_gradient_matches_finite_differences():
+    config = replace(om.Optim4RLConfig(), inner_updates=3, agent_lr=0.3)
+    with jax.enable_x64(True):
+        meta = randomized(om.init_meta_params(config, jax.random.PRNGKey(0)), jnp.float64)
+        params = jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float64)
+        unit = om.Unit(params, om.make_optimizer_fn(config)(None).init(params), (), (), jnp.int32(0))
+
+        def loss(meta):
+            return om.outer_loss(meta, unit, jax.random.PRNGKey(1), LinearToy(), om.make_optimizer_fn(config),
+                                 config)[0]
+
+        grads = jax.jit(jax.grad(loss))(meta)
+        direction = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(2), x.shape, x.dtype), meta)
+        eps = 1e-6
+        shifted = [jax.tree.map(lambda x, d, s=s: x + s * eps * d, meta, direction) for s in (1, -1)]
+        finite_difference = (loss(shifted[0]) - loss(shifted[1])) / (2 * eps)
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+        assert abs(float(analytic)) > 1e-3
+        np.testing.assert_allclose(float(analytic), float(finite_difference), rtol=1e-5)
+        assert float(jnp.abs(grads["params"]["gru1"]["hr"]["kernel"]).max()) > 0  # through the hidden states
+
+
+# ----------------------------------------------------------------------------------------------- meta-training
+def test_short_meta_training_improves_the_learned_optimizer(trained):
+    config, state = trained
+    train = jax.jit(jax.vmap(a2c.make_train(om.eval_agent_config(config), om.make_optimizer_fn(config)),
+                             in_axes=(0, None)))
+    seeds = jax.vmap(jax.random.PRNGKey)(jnp.arange(4))
+    returns = {name: float(train(seeds, {"meta": meta, "learning_rate": jnp.float32(config.agent_lr)})[
+        "final_return"].mean())
+        for name, meta in (("init", om.init_meta_params(config, jax.random.PRNGKey(config.seed))),
+                           ("learned", state.meta_params))}
+    assert int(state.skipped) == 0
+    assert returns["learned"] > returns["init"] + 0.8, returns  # -0.55 (random) before, 0.8 to 0.97 after (seeds 0-5)
+
+
+def test_killed_run_resumes_to_the_same_meta_parameters(trained, tmp_path):
+    config, _ = trained
+    whole = om.meta_train(replace(config, num_meta_steps=20, run_dir=str(tmp_path / "whole")))
+    om.meta_train(replace(config, num_meta_steps=10, run_dir=str(tmp_path / "killed")))  # stopped after 1 checkpoint
+    resumed = om.meta_train(replace(config, num_meta_steps=20, run_dir=str(tmp_path / "killed")))
+    assert int(resumed.step) == 20
+    assert leaves_equal(resumed, whole)  # meta-parameters, Adam state, units, counters and key, bit for bit
+
+
+def test_non_finite_meta_gradient_is_skipped(trained):
+    config, state = trained
+    meta_optimizer = om.make_meta_optimizer(config)
+    grads = jax.tree.map(jnp.ones_like, state.meta_params)
+    grads["params"]["gru1"]["ir"]["kernel"] = grads["params"]["gru1"]["ir"]["kernel"].at[0, 0].set(jnp.nan)
+    skipped = om.apply_meta_gradient(meta_optimizer, state, state.units, grads, state.rng)
+    assert leaves_equal(skipped.meta_params, state.meta_params)
+    assert leaves_equal(skipped.meta_opt_state, state.meta_opt_state)
+    assert (int(skipped.step), int(skipped.skipped)) == (int(state.step) + 1, int(state.skipped) + 1)
+    grads["params"]["gru1"]["ir"]["kernel"] = jnp.ones_like(grads["params"]["gru1"]["ir"]["kernel"])
+    applied = om.apply_meta_gradient(meta_optimizer, state, state.units, grads, state.rng)
+    assert not leaves_equal(applied.meta_params, state.meta_params)
+    assert int(applied.skipped) == int(state.skipped)
+
+
+def test_exploding_agents_are_skipped_and_the_run_continues(tmp_path):
+    config = replace(TINY, agent_lr=1e30, num_meta_steps=3, checkpoint_every=3, run_dir=str(tmp_path))
+    state = om.meta_train(config)
+    assert (int(state.step), int(state.skipped)) == (3, 3)
+    initial = om.init_meta_params(config, jax.random.PRNGKey(config.seed))
+    assert leaves_equal(state.meta_params, initial)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_of_another_architecture_or_settings_is_refused(trained, monkeypatch):
+    config, state = trained
+    path = os.path.join(config.run_dir, "checkpoint.npz")
+    with pytest.raises(ValueError, match="another architecture: gru_size = 8 there, 4 here"):
+        om.meta_train(replace(config, gru_size=4))
+    with pytest.raises(ValueError, match="other training settings: meta_lr = 0.03 there, 0.1 here"):
+        om.load_state(path, replace(config, meta_lr=0.1))
+    monkeypatch.setattr(om, "make_meta_training", None)  # nothing may be built or compiled before the refusal
+    with pytest.raises(ValueError, match="another architecture: gradient_processing = True there, False here"):
+        om.load_state(path, replace(config, gradient_processing=False))
+
+
+def test_checkpoint_write_is_atomic(trained, monkeypatch):
+    config, state = trained
+    path = os.path.join(config.run_dir, "checkpoint.npz")
+
+    def crash(file, **arrays):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(om.np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        om.save_checkpoint(path, config, state)
+    monkeypatch.undo()
+    assert leaves_equal(om.load_state(path, config), state)
+
+
+def test_eval_loads_a_checkpoint_and_compares_with_adam_and_rmsprop(trained):
+    config, state = trained
+    results = om.main(replace(om.Optim4RLConfig(), eval=config.run_dir, eval_timesteps=2_560, eval_seeds=2))
+    assert set(results) == {"Optim4RL (learned)", "Optim4RL (init)", "Adam", "RMSprop"}
+    assert all(len(r["final_returns"]) == 2 and np.isfinite(r["mean"]) for r in results.values())
+    assert os.path.exists(os.path.join(config.run_dir, "eval_Catch-bsuite.png"))
+
+
+# ----------------------------------------------------------------------------------------------- the optax interface
+def test_trained_optimizer_fits_a_toy_regression_as_plain_optax(trained):
+    config, state = trained
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+    y = x @ jnp.array([1.5, -2.0, 0.5]) + 0.3
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+
+    def loss(params):
+        return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+    tx = optax.chain(optax.clip_by_global_norm(10.0), optimizer(config, state.meta_params, 3e-3))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    start = float(loss(params))
+    for _ in range(300):
+        params, opt_state = step(params, opt_state)
+    assert float(loss(params)) < 0.01 * start
+
+
+def test_learned_optimizer_trains_ppo_through_the_interface(trained):
+    config, state = trained
+    ppo_config = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=4, num_steps=16, total_timesteps=128,
+                         num_minibatches=2, update_epochs=1, eval_episodes=2, log_every=0)
+    out = jax.jit(ppo.make_train(ppo_config, om.make_optimizer_fn(config)))(
+        jax.random.PRNGKey(0), {"meta": state.meta_params, "learning_rate": jnp.float32(1e-3)})
+    assert np.isfinite(float(out["final_return"]))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(out["params"]))
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("field, value, message", [
+    ("architecture", "lstm", "unknown architecture 'lstm'; valid: optim4rl, linear_optim"),
+    ("env_name", "Pong-v5", "unknown env_name 'Pong-v5'"),
+    ("eval_env", "ant", "unknown env_name 'ant' for A2C"),
+    ("reset_interval", 0, "reset_interval must be at least 1, got 0"),
+    ("num_units", 0, "num_units must be positive, got 0"),
+    ("envs_per_unit", -2, "envs_per_unit must be positive, got -2"),
+    ("mlp_sizes", (16, 0), r"mlp_sizes must be one or more positive sizes, got \(16, 0\)"),
+    ("eval_seeds", 1, "eval_seeds must be at least 2"),
+    ("eval_timesteps", 100, "total_timesteps = 100 is less than one rollout"),
+    ("meta_lr", 0.0, "meta_lr must be positive"),
+    ("eval", "runs/nowhere/checkpoint.npz", "eval: no checkpoint at 'runs/nowhere/checkpoint.npz'"),
+])
+def test_bad_input_is_refused_before_compiling(field, value, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(om, "make_meta_training", None)  # validation comes first: nothing may be built
+    with pytest.raises(ValueError, match=message):
+        om.meta_train(replace(TINY, run_dir=str(tmp_path), **{field: value}))
