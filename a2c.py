@@ -18,6 +18,7 @@ import os
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -222,7 +223,6 @@ def make_train(config, optimizer_fn):
 
 
 def main(config):
-    import time
     validate(config)
     steps = config.total_timesteps // (config.num_envs * config.rollout_length)
     train = jax.jit(jax.vmap(make_train(config, hand_designed(config.optimizer, steps if config.anneal_lr else None)),
