@@ -18,7 +18,6 @@ import os
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -26,11 +25,10 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from ppo import (BRAX_ENVS, ENV_NAMES, OPTIMIZERS, dormancy_scores, evaluate, gae, hand_designed, hyperparameters,
-                 last_episode_return, log_progress, make_env, optimizer_context, parse_config)
+from ppo import (BRAX_ENVS, ENV_NAMES, OPTIMIZERS, dormancy_scores, evaluate, gae, hand_designed,
+                 last_episode_return, log_progress, make_env, optimizer_context, parse_config, train_and_report)
 
 
 @dataclass(frozen=True)
@@ -224,20 +222,8 @@ def make_train(config, optimizer_fn):
 
 def main(config):
     validate(config)
-    steps = config.total_timesteps // (config.num_envs * config.rollout_length)
-    train = jax.jit(jax.vmap(make_train(config, hand_designed(config.optimizer, steps if config.anneal_lr else None)),
-                             in_axes=(0, None)))
-    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
-    start = time.time()
-    out = jax.block_until_ready(train(jax.vmap(jax.random.PRNGKey)(seeds), hyperparameters(config)))
-    final = np.asarray(out["final_return"])
-    print(f"\nA2C on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
-          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {time.time() - start:.0f} s "
-          f"(compile included)")
-    for seed, value in zip(np.asarray(seeds), final):
-        print(f"  seed {seed}: final return {value:.2f}")
-    print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
-    return out
+    anneal = config.total_timesteps // (config.num_envs * config.rollout_length) if config.anneal_lr else None
+    return train_and_report("A2C", config, make_train(config, hand_designed(config.optimizer, anneal)))
 
 
 if __name__ == "__main__":

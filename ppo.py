@@ -27,7 +27,7 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_F
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 import argparse
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import distrax
@@ -447,21 +447,27 @@ def parse_config(config_class, presets, argv=None):
                     description=f"Presets (--preset): {', '.join(presets)}")
 
 
-def main(config):
-    validate(config)
-    anneal = optimizer_steps(config) if config.anneal_lr else None
-    train = jax.jit(jax.vmap(make_train(config, hand_designed(config.optimizer, anneal)), in_axes=(0, None)))
+def train_and_report(algorithm, config, train):
+    """Run `train` (from make_train) over config.num_seeds seeds, vmapped and jitted, with the config's hand-designed
+    optimizer settings, and print each seed's final return."""
     seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
     start = time.time()
-    out = jax.block_until_ready(train(jax.vmap(jax.random.PRNGKey)(seeds), hyperparameters(config)))
-    seconds = time.time() - start
+    out = jax.block_until_ready(jax.jit(jax.vmap(train, in_axes=(0, None)))(jax.vmap(jax.random.PRNGKey)(seeds),
+                                                                            hyperparameters(config)))
     final = np.asarray(out["final_return"])
-    print(f"\nPPO on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
-          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {seconds:.0f} s (compile included)")
+    print(f"\n{algorithm} on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
+          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {time.time() - start:.0f} s "
+          f"(compile included)")
     for seed, value in zip(np.asarray(seeds), final):
         print(f"  seed {seed}: final return {value:.2f}")
     print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
     return out
+
+
+def main(config):
+    validate(config)
+    anneal = optimizer_steps(config) if config.anneal_lr else None
+    return train_and_report("PPO", config, make_train(config, hand_designed(config.optimizer, anneal)))
 
 
 if __name__ == "__main__":
