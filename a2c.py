@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ppo import (BRAX_ENVS, ENV_NAMES, OPTIMIZERS, dormancy_scores, evaluate, gae, hand_designed,
+from ppo import (BRAX_ENVS, ENV_NAMES, dormancy_scores, evaluate, gae, hand_designed,
                  last_episode_return, log_progress, make_env, optimizer_context, parse_config, train_and_report)
 
 
@@ -68,14 +68,12 @@ PRESETS = {
 }
 
 
-def validate(config, optimizer_names=OPTIMIZERS):
+def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     discrete = tuple(n for n in ENV_NAMES if n not in BRAX_ENVS)
     if config.env_name not in discrete:
         raise ValueError(f"unknown env_name {config.env_name!r} for A2C (discrete actions); valid: "
                          f"{', '.join(discrete)}")
-    if config.optimizer not in optimizer_names:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(optimizer_names)}")
     if config.torso not in ("mlp", "conv"):
         raise ValueError(f"unknown torso {config.torso!r}; valid: mlp, conv")
     for field in ("num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes", "num_seeds"):
@@ -125,7 +123,7 @@ class Agent(NamedTuple):
 
 
 def make_agent(config, env_params=None):
-    validate(config, optimizer_names=(config.optimizer,))
+    validate(config)
     env, default_env_params = make_env(config.env_name)
     env_params = default_env_params if env_params is None else env_params
     network = ActorCritic(env.action_space(env_params).n, config.torso, config.width)

@@ -162,7 +162,10 @@ def open_optimizer(config):
         def update(grads, state, params, training_proportion=0.0, batch_proportion=0.0, dormancy=None,
                    layer_proportion=None, actor_mask=None, key=None, **_):
             grad, unravel = jax.flatten_util.ravel_pytree(grads)
-            flat = lambda tree, default: default if tree is None else jax.flatten_util.ravel_pytree(tree)[0]  # noqa
+
+            def flat(tree, default):
+                return default if tree is None else jax.flatten_util.ravel_pytree(tree)[0]
+
             sizes = [g.size for g in jax.tree.leaves(grads)]
             momenta = betas * state["momenta"] + (1 - betas) * grad
             inputs = optimizer_inputs(grad, momenta, flat(params, None), sizes,

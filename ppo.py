@@ -109,12 +109,10 @@ BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inv
 ENV_NAMES = tuple(gymnax.registered_envs) + tuple(gridworld.LEVELS) + BRAX_ENVS
 
 
-def validate(config, optimizer_names=OPTIMIZERS):
+def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     if config.env_name not in ENV_NAMES:
         raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(ENV_NAMES)}")
-    if config.optimizer not in optimizer_names:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(optimizer_names)}")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"unknown activation {config.activation!r}; valid: tanh, relu")
     for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
@@ -216,6 +214,9 @@ def hand_designed(name, anneal_steps=None):
     """optax's adam / rmsprop / lion / sgd as `optimizer_fn(hyperparameters)`, the hyperparameters traced, so a sweep
     over them is one vmapped program. Hyperparameters: dict with learning_rate, b1, b2, decay (unused ones ignored).
     With `anneal_steps`, the learning rate decays linearly to 0 over that many updates."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
     def optimizer_fn(hp):
         lr = optax.linear_schedule(hp["learning_rate"], 0.0, anneal_steps) if anneal_steps else hp["learning_rate"]
         tx = {"adam": lambda: optax.adam(lr, b1=hp["b1"], b2=hp["b2"]),
@@ -306,7 +307,7 @@ def evaluate(env, env_params, act, rng, num_episodes, max_steps):
 
 def make_train(config, optimizer_fn):
     """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}."""
-    validate(config, optimizer_names=(config.optimizer,))
+    validate(config)
     env, default_env_params = make_env(config.env_name, config.brax_backend, config.episode_length)
     continuous = isinstance(env.action_space(default_env_params), spaces.Box)
     action_space = env.action_space(default_env_params)
