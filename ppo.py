@@ -213,12 +213,15 @@ def action_distribution(actor_out, continuous):
 def hand_designed(name, anneal_steps=None):
     """optax's adam / rmsprop / lion / sgd as `optimizer_fn(hyperparameters)`, the hyperparameters traced, so a sweep
     over them is one vmapped program. Hyperparameters: dict with learning_rate, b1, b2, decay (unused ones ignored).
-    With `anneal_steps`, the learning rate decays linearly to 0 over that many updates."""
+    With `anneal_steps`, the learning rate decays linearly to 0 over that many updates; an optional traced
+    hyperparameter `anneal` (1: anneal, 0: constant) lets one sweep cover both."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
     def optimizer_fn(hp):
-        lr = optax.linear_schedule(hp["learning_rate"], 0.0, anneal_steps) if anneal_steps else hp["learning_rate"]
+        lr = hp["learning_rate"]
+        if anneal_steps:
+            lr = optax.linear_schedule(lr, lr * (1 - hp.get("anneal", 1.0)), anneal_steps)
         tx = {"adam": lambda: optax.adam(lr, b1=hp["b1"], b2=hp["b2"]),
               "rmsprop": lambda: optax.rmsprop(lr, decay=hp["decay"]),
               "lion": lambda: optax.lion(lr, b1=hp["b1"], b2=hp["b2"]),
