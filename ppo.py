@@ -309,7 +309,9 @@ def evaluate(env, env_params, act, rng, num_episodes, max_steps):
 
 
 def make_train(config, optimizer_fn):
-    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}."""
+    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}.
+    An optimizer whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets
+    their per-update means (over epochs and minibatches) reported as metrics["optimizer"][network name]."""
     validate(config)
     env, default_env_params = make_env(config.env_name, config.brax_backend, config.episode_length)
     continuous = isinstance(env.action_space(default_env_params), spaces.Box)
@@ -401,7 +403,10 @@ def make_train(config, optimizer_fn):
                         new_params[name] = optax.apply_updates(params[name], updates)
                     dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
                                                   for n, a in activations["actor"].items() if n != "output"]))
-                    return (new_params, new_opt_state), {"loss": loss, "dormant_fraction": dormant}
+                    reported = {name: s["metrics"] for name, s in new_opt_state.items()
+                                if isinstance(s, dict) and "metrics" in s}  # see make_train's docstring
+                    return (new_params, new_opt_state), {"loss": loss, "dormant_fraction": dormant,
+                                                         "optimizer": reported}
 
                 carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
                                                                                            config.num_minibatches)))
@@ -412,6 +417,8 @@ def make_train(config, optimizer_fn):
                 (jnp.arange(config.update_epochs), jax.random.split(epoch_key, config.update_epochs)))
             metrics = {"episode_return": last_episode_return(env_state), "loss": stats["loss"].mean(),
                        "dormant_fraction": stats["dormant_fraction"][-1, -1]}
+            if stats["optimizer"]:
+                metrics["optimizer"] = jax.tree.map(lambda x: x.mean((0, 1)), stats["optimizer"])
             if config.log_every:
                 log_progress(seed_tag, update_index, num_updates, metrics, config.log_every)
             return (params, opt_state, env_state, obs, rng), metrics
