@@ -17,6 +17,12 @@ Meta-training (Section 5.2, Table 7): evosax's OpenAI-ES, antithetic sampling, c
 sigma and learning rate (Adam on the ES mean). One generation, every population member training PPO agents over
 `num_rollouts` seeds shared by all members (common random numbers) and evaluating the final policy, is one jitted
 XLA program. Fitness is the final return of that evaluation; evosax minimises, so it is told -return.
+
+Breadth (Sections 6-7, Appendices B.5, D, H, I), one flag each: `--tasks` multi-task training (fitness: return over
+Adam's return, averaged over envs); `--task-sampling` gridworld levels drawn per antithetic pair, ranked within the
+pair; `--separated` distinct actor and critic meta-parameters; `--ablate` removes OPEN inputs or its noise;
+`--optimizer no_features | optim4rl` the learned baselines, trained by the same ES. The population axis is split over
+every device (`jax.shard_map`), across hosts with `--coordinator` (`jax.distributed`).
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
@@ -35,9 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from evosax.algorithms import Open_ES
-from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
+from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn, identity_fitness_shaping_fn
 from flax import serialization
+from jax.sharding import PartitionSpec
 
+import gridworld
+import optim4rl_metagrad
 import ppo
 from ppo import PPOConfig
 
@@ -71,8 +80,26 @@ class OpenConfig:
     seed: int = 0  # meta-training seed
     out_dir: str = "runs/open_catch"  # checkpoint, learned optimizer, plots and summary
     eval: str = ""  # a learned optimizer's file: skip meta-training, evaluate it on `ppo.env_name` vs Adam in out_dir
+    optimizer: str = "open"  # OPTIMIZERS: OPEN, 'No Features' (14 inputs, no noise) or Optim4RL (Sec. 6.1, App. B.4)
+    ablate: tuple[str, ...] = ()  # ABLATIONS removed from OPEN (Sec. 7.1, App. I.1)
+    separated: bool = False  # distinct meta-parameters for actor and critic (Sec. 7.2, Deep Sea)
+    tasks: tuple[str, ...] = ()  # multi-task envs (Sec. 6.3), each trained with `ppo` (its env_name replaced)
+    adam_returns: tuple[float, ...] = ()  # Adam's return per task; empty: read from tuned_path (baselines.py)
+    tuned_path: str = "trained/tuned.json"  # baselines.py's tuned settings, for Adam's returns
+    task_sampling: bool = False  # gridworld levels of `ppo.env_name` drawn per antithetic pair (App. D)
+    generalisation: bool = False  # with eval: Figures 4 and 16, OPEN / Adam on GRID_EVAL_LEVELS, widths, lengths
+    eval_widths: tuple[int, ...] = (8, 16, 32, 64, 128)  # agent widths of that evaluation (Figure 4)
+    eval_lengths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # training lengths, x total_timesteps (Figure 16)
+    coordinator: str = ""  # multi-host: host:port of process 0 for jax.distributed ("auto": detect, e.g. SLURM)
+    num_processes: int = 1  # multi-host: number of processes
+    process_id: int = 0  # multi-host: this process's index
 
 
+OPTIMIZERS = ("open", "no_features", "optim4rl")
+LABELS = {"open": "OPEN", "no_features": "No Features", "optim4rl": "Optim4RL"}
+ABLATIONS = ("training_proportion", "batch_proportion", "dormancy", "layer_proportion", "stochasticity")
+MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
+GRID_EVAL_LEVELS = ("all", "rand_dense", "rand_sparse", "rand_long") + tuple(gridworld.MAZES)
 MINATAR_ES = dict(population_size=64, sigma_init=0.03, sigma_decay=0.999, es_learning_rate=0.03,
                   es_learning_rate_decay=0.999, generations=700, eval_every=24)
 PRESETS = {
@@ -83,6 +110,22 @@ PRESETS = {
     "ant": dict(population_size=32, sigma_init=0.01, sigma_decay=0.999, es_learning_rate=0.01,
                 es_learning_rate_decay=0.999, generations=700, eval_every=24, out_dir="runs/open_ant",
                 ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["ant"], log_every=0)),
+    # Sec. 6.3, App. B.5 (GRU 16, hidden 32), Table 7 (multi-task); Adam's returns of the authors (NOTES.md).
+    "multitask": dict(MINATAR_ES, gru_size=16, hidden_size=32, sigma_decay=0.998, es_learning_rate_decay=0.998,
+                      generations=300, eval_every=9, tasks=MINATAR_ENVS, adam_returns=(15.04, 50.08, 61.84, 167.09),
+                      out_dir="runs/open_multitask", ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["breakout"],
+                                                                 log_every=0)),
+    # App. D, Table 7 (gridworld): 'all' levels, antithetic task sampling, width 16; episodes last up to 750 steps.
+    "gridworld": dict(MINATAR_ES, sigma_init=0.01, es_learning_rate=0.005, es_learning_rate_decay=0.990,
+                      generations=350, eval_every=9, task_sampling=True, out_dir="runs/open_gridworld",
+                      ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["gridworld"], eval_max_steps=750, log_every=0)),
+    # App. I.1: the ablations' shortened Breakout (2e5 steps, 250 generations); add --ablate NAME.
+    "breakout_short": dict(MINATAR_ES, generations=250, out_dir="runs/open_breakout_short",
+                           ppo=replace(ppo.PPOConfig(), **dict(ppo.PRESETS["breakout"], total_timesteps=200_000),
+                                       log_every=0)),
+    # The learned baselines of Sec. 6.1 on the CPU default task (Catch).
+    "no_features": dict(optimizer="no_features", out_dir="runs/no_features_catch"),
+    "optim4rl": dict(optimizer="optim4rl", out_dir="runs/optim4rl_es_catch"),
 }
 
 
@@ -98,24 +141,81 @@ def validate(config):
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if config.eval and not os.path.isfile(config.eval):
         raise ValueError(f"no learned optimizer at eval path {config.eval!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    for name in config.ablate:
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
+    if config.optimizer != "open" and (config.ablate or config.separated):
+        raise ValueError(f"ablate and separated apply to optimizer 'open', not {config.optimizer!r}")
+    for task in config.tasks:
+        ppo.validate(replace(config.ppo, env_name=task))
+    if config.tasks:
+        adam_references(config)
+    for task in config.tasks or (config.ppo.env_name,):
+        if config.task_sampling and task not in gridworld.DISTRIBUTIONS:
+            raise ValueError(f"task_sampling needs a gridworld distribution, got {task!r}; valid: "
+                             f"{', '.join(gridworld.DISTRIBUTIONS)}")
+    if config.population_size % jax.device_count():
+        raise ValueError(f"population_size {config.population_size} does not split over {jax.device_count()} "
+                         f"devices")
+
+
+def adam_references(config):
+    """Adam's final return on each task (multi-task normalisation, Sec. 6.3): `adam_returns`, else baselines.py's
+    tuning in `tuned_path`."""
+    if config.adam_returns:
+        references = np.asarray(config.adam_returns, np.float64)
+        if len(references) != len(config.tasks):
+            raise ValueError(f"adam_returns has {len(references)} values for {len(config.tasks)} tasks")
+    else:
+        tuned = {}
+        if os.path.isfile(config.tuned_path):
+            with open(config.tuned_path) as f:
+                tuned = json.load(f)
+        missing = [t for t in config.tasks if "adam" not in tuned.get(t, {}).get("optimizers", {})]
+        if missing:
+            raise ValueError(f"no tuned Adam return for {', '.join(missing)} in {config.tuned_path!r}: run "
+                             f"baselines.py or pass --adam-returns")
+        references = np.array([tuned[t]["optimizers"]["adam"]["final_return"] for t in config.tasks])
+    if not np.all(references > 0):
+        raise ValueError(f"Adam's returns must be positive to normalise by them, got {references.tolist()}")
+    return references
 
 
 # ----------------------------------------------------------------------------------------------- the optimizer
 MOMENTUM_BETAS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)  # App. B.2
-NUM_INPUTS = 19  # 2 (gradient) + 12 (momenta) + parameter + training, batch and layer proportion + dormancy
+# The 19 input channels in order: gradient and six momenta as (sign, log|.|), parameter, then the context.
+INPUTS = ("gradient",) * 2 + ("momentum",) * 12 + ("parameter", "training_proportion", "batch_proportion",
+                                                   "dormancy", "layer_proportion")
+NUM_INPUTS = len(INPUTS)
+
+
+def input_columns(config):
+    """Indices of the inputs the optimizer sees: 'No Features' keeps gradient and momenta (App. B.4), an ablation
+    drops its input (Sec. 7.1)."""
+    if config.optimizer == "no_features":
+        return [i for i, name in enumerate(INPUTS) if name in ("gradient", "momentum")]
+    return [i for i, name in enumerate(INPUTS) if name not in config.ablate]
+
+
+def num_outputs(config):
+    """(m, e, delta); no delta (no learned stochasticity) for 'No Features' and that ablation."""
+    return 2 if config.optimizer == "no_features" or "stochasticity" in config.ablate else 3
 
 
 class OpenNetwork(nn.Module):
     """GRU, then Dense + LayerNorm + ReLU twice, then Dense 3 (Table 1), applied to each parameter independently."""
     gru_size: int
     hidden_size: int
+    num_outputs: int = 3
 
     @nn.compact
     def __call__(self, hidden, inputs):
         hidden, x = nn.GRUCell(self.gru_size)(hidden, inputs)
         for _ in range(2):
             x = nn.relu(nn.LayerNorm()(nn.Dense(self.hidden_size)(x)))
-        return hidden, nn.Dense(3)(x)
+        return hidden, nn.Dense(self.num_outputs)(x)
 
 
 def sign_log(x, eps=1e-8):
@@ -142,17 +242,22 @@ def optimizer_inputs(grad, momenta, param, sizes, training_proportion, batch_pro
 
 def update_from_outputs(outputs, noise, config):
     """Eqs. 7-9: u for network outputs (N, 3) = (m, e, delta) and noise (N,), eps ~ N(0, 1) on actor parameters and
-    0 elsewhere. The mean is one scalar over all N parameters of the network (OPEN's code)."""
-    m, e, delta = outputs.T
-    u_hat = config.alpha1 * m * jnp.exp(config.alpha2 * e) + config.alpha3 * delta * noise
+    0 elsewhere. The mean is one scalar over all N parameters of the network (OPEN's code). Without delta (outputs
+    (N, 2)) the update is deterministic."""
+    m, e = outputs[:, 0], outputs[:, 1]
+    u_hat = config.alpha1 * m * jnp.exp(config.alpha2 * e)
+    if outputs.shape[1] == 3:
+        u_hat = u_hat + config.alpha3 * outputs[:, 2] * noise
     return u_hat - u_hat.mean()
 
 
 def open_optimizer(config):
     """`optimizer_fn(meta_params)` -> the OPEN optax transformation (Algorithm 1). All parameters are handled as
-    one flat vector of N entries; the state holds six momenta (6, N) and a GRU hidden state (N, gru_size)."""
-    network = OpenNetwork(config.gru_size, config.hidden_size)
+    one flat vector of N entries; the state holds six momenta (6, N) and a GRU hidden state (N, gru_size).
+    Separated (Sec. 7.2): meta_params = {"actor": ..., "critic": ...}, each parameter updated by its network's."""
+    network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
     betas = jnp.asarray(MOMENTUM_BETAS)[:, None]
+    columns = np.asarray(input_columns(config))
 
     def optimizer_fn(meta_params):
         def init(params):
@@ -171,11 +276,19 @@ def open_optimizer(config):
             inputs = optimizer_inputs(grad, momenta, flat(params, None), sizes,
                                       jnp.float32(training_proportion), jnp.float32(batch_proportion),
                                       flat(dormancy, jnp.ones_like(grad)), flat(layer_proportion, jnp.ones_like(grad)))
-            hidden, outputs = network.apply(meta_params, state["hidden"], inputs)
+            inputs, actor = inputs[:, columns], flat(actor_mask, jnp.zeros_like(grad))
+            if config.separated:
+                (actor_hidden, actor_out), (critic_hidden, critic_out) = (
+                    network.apply(meta_params[name], state["hidden"], inputs) for name in ("actor", "critic"))
+                is_actor = actor[:, None] > 0
+                hidden = jnp.where(is_actor, actor_hidden, critic_hidden)
+                outputs = jnp.where(is_actor, actor_out, critic_out)
+            else:
+                hidden, outputs = network.apply(meta_params, state["hidden"], inputs)
             if actor_mask is None or key is None:  # no noise: critics, and plain optax use outside RL
                 noise = jnp.zeros_like(grad)
             else:
-                noise = jax.random.normal(key, grad.shape) * flat(actor_mask, None)
+                noise = jax.random.normal(key, grad.shape) * actor
             u = update_from_outputs(outputs, noise, config)
             return unravel(-u), {"momenta": momenta, "hidden": hidden}  # optax adds updates: p <- p - u
 
@@ -184,19 +297,39 @@ def open_optimizer(config):
     return optimizer_fn
 
 
+def optim4rl_config(config):
+    """Optim4RL (Lan et al., 2023) at OPEN's sizes: GRU 8 and MLPs [16, 16]; doubled for multi-task (App. B.5)."""
+    return optim4rl_metagrad.Optim4RLConfig(gru_size=config.gru_size, mlp_sizes=(config.hidden_size,) * 2)
+
+
+def learned_optimizer_fn(config):
+    """`optimizer_fn(meta_params)` of the configured architecture. Optim4RL's learning rate is fixed to 0.1 x Adam's
+    (`ppo.learning_rate`; Sec. 6.1), so ES evolves its network only."""
+    if config.optimizer != "optim4rl":
+        return open_optimizer(config)
+    optim4rl = optim4rl_metagrad.make_optimizer_fn(optim4rl_config(config))
+    learning_rate = 0.1 * config.ppo.learning_rate
+    return lambda meta_params: optim4rl({"meta": meta_params, "learning_rate": learning_rate})
+
+
 def init_meta_params(config, rng):
-    network = OpenNetwork(config.gru_size, config.hidden_size)
-    return network.init(rng, jnp.zeros((1, config.gru_size)), jnp.zeros((1, NUM_INPUTS)))
+    if config.optimizer == "optim4rl":
+        return optim4rl_metagrad.init_meta_params(optim4rl_config(config), rng)
+    network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
+    init = lambda key: network.init(key, jnp.zeros((1, config.gru_size)),  # noqa: E731
+                                    jnp.zeros((1, len(input_columns(config)))))
+    return {"actor": init(rng), "critic": init(jax.random.fold_in(rng, 1))} if config.separated else init(rng)
 
 
 # ----------------------------------------------------------------------------------------------- meta-training
 def make_es(config, meta_params):
-    """OpenAI-ES (Salimans et al., 2017) from evosax with OPEN's Table 7 settings."""
+    """OpenAI-ES (Salimans et al., 2017) from evosax with OPEN's Table 7 settings; with task sampling the fitness is
+    already a within-pair ranking, so it is not reshaped."""
     return Open_ES(
         population_size=config.population_size, solution=meta_params, use_antithetic_sampling=True,
         optimizer=optax.adam(optax.exponential_decay(config.es_learning_rate, 1, config.es_learning_rate_decay)),
         std_schedule=optax.exponential_decay(config.sigma_init, 1, config.sigma_decay),
-        fitness_shaping_fn=centered_rank_fitness_shaping_fn)
+        fitness_shaping_fn=identity_fitness_shaping_fn if config.task_sampling else centered_rank_fitness_shaping_fn)
 
 
 def es_fitness(returns):
@@ -204,36 +337,90 @@ def es_fitness(returns):
     return jnp.where(jnp.isfinite(returns), -returns, jnp.inf)
 
 
-def make_generation(es, member_returns):
-    """One ES generation as one jitted program: ask, evaluate every member, tell.
-    `member_returns(population, key)` gives each member's return, shape (population_size,)."""
+def pair_fitness(returns):
+    """Within-pair ranking (antithetic task sampling, App. D): evosax pairs member i with i + P/2 (mean +- sigma z).
+    The pair's winner gets -0.5 (evosax minimises), the loser +0.5, a tie 0; a non-finite return loses."""
+    clean = jnp.where(jnp.isfinite(returns), returns, -jnp.inf)
+    first, second = jnp.split(clean, 2)
+    win = jnp.nan_to_num(jnp.sign(first - second))  # both non-finite: a tie
+    return -0.5 * jnp.concatenate([win, -win])
+
+
+def member_keys(key, population_size, paired):
+    """Each member's evaluation key: the same for all (common random numbers) or, with task sampling, one per
+    antithetic pair (member i and i + P/2 train on the same levels with the same seeds)."""
+    if not paired:
+        return jnp.broadcast_to(key, (population_size,) + key.shape)
+    return jnp.tile(jax.random.split(key, population_size // 2), (2, 1))
+
+
+def make_generation(es, member_returns, paired=False, devices=None):
+    """One ES generation as one jitted program: ask, evaluate every member, tell. `member_returns(population, keys)`
+    gives each member's return, shape (population_size,). The population axis is split over `devices` (default: all,
+    every host's under jax.distributed); ask and tell run replicated on each."""
+    mesh = jax.sharding.Mesh(np.asarray(devices or jax.devices()), ("population",))
+    sharded_returns = jax.shard_map(member_returns, mesh=mesh, in_specs=PartitionSpec("population"),
+                                    out_specs=PartitionSpec("population"), check_vma=False)
+    replicated = jax.sharding.NamedSharding(mesh, PartitionSpec())
+
     @jax.jit
     def generation(state, key):
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, es.default_params)
-        returns = member_returns(population, eval_key)
-        state, _ = es.tell(tell_key, population, es_fitness(returns), state, es.default_params)
+        returns = sharded_returns(population, member_keys(eval_key, es.population_size, paired))
+        returns = jax.lax.with_sharding_constraint(returns, replicated)
+        fitness = pair_fitness(returns) if paired else es_fitness(returns)
+        state, _ = es.tell(tell_key, population, fitness, state, es.default_params)
         finite = jnp.isfinite(returns)
         return state, {"mean_return": jnp.sum(jnp.where(finite, returns, 0)) / jnp.maximum(finite.sum(), 1),
                        "best_return": jnp.max(jnp.where(finite, returns, -jnp.inf)),
                        "non_finite": jnp.sum(~finite), "sigma": state.std}
-    return generation
+
+    def replicate(tree):  # the same host values on every process (no equality check: the ES state holds NaNs)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
+    return lambda state, key: generation(replicate(state), replicate(key))
 
 
-def make_ppo_returns(config):
-    """`returns(meta_params, keys)`: final return of a PPO agent trained with OPEN, one per key (vmapped)."""
-    train = ppo.make_train(config.ppo, open_optimizer(config))
-    return jax.vmap(lambda meta_params, key: train(key, meta_params)["final_return"], in_axes=(None, 0))
+def normalised_score(returns, references):
+    """Multi-task fitness (Sec. 6.3): each task's return (last axis) divided by Adam's there, averaged over tasks."""
+    return (returns / references).mean(-1)
+
+
+def max_horizon(level):
+    """The longest episode of a gridworld level or level distribution (the evaluation's step cap)."""
+    return gridworld.FIXED_LEVELS[level][2] if level in gridworld.FIXED_LEVELS else \
+        gridworld.DISTRIBUTIONS[level].horizon[1]
+
+
+def final_returns(ppo_config, optimizer_fn, task_sampling):
+    """`returns(optimizer_params, keys)`: PPO's final return for each seed key (vmapped). With task sampling each key
+    also draws its gridworld level of `ppo_config.env_name` (App. D); the same key, the same level."""
+    if task_sampling:
+        ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
+    train = ppo.make_train(ppo_config, optimizer_fn)
+    env = gridworld.make(ppo_config.env_name)[0] if task_sampling else None
+
+    def run(optimizer_params, key):
+        level = None if env is None else gridworld.sample_level(jax.random.fold_in(key, 1), env)
+        return train(key, optimizer_params, level)["final_return"]
+    return jax.vmap(run, in_axes=(None, 0))
+
+
+def make_scores(config):
+    """`scores(meta_params, keys)`: for each seed key, PPO trained with the learned optimizer on every task; its final
+    return over Adam's, averaged over tasks (one task: the plain return). One vmapped PPO program per task."""
+    optimizer_fn = learned_optimizer_fn(config)
+    runs = [final_returns(replace(config.ppo, env_name=task), optimizer_fn, config.task_sampling)
+            for task in config.tasks or (config.ppo.env_name,)]
+    references = adam_references(config) if config.tasks else np.ones(1)
+    return lambda meta_params, keys: normalised_score(jnp.stack([run(meta_params, keys) for run in runs], -1),
+                                                      references)
 
 
 def make_member_returns(config):
-    """Each member's mean final return over `num_rollouts` PPO seeds, the same seeds for every member."""
-    returns = make_ppo_returns(config)
-
-    def member_returns(population, key):
-        keys = jax.random.split(key, config.num_rollouts)
-        return jax.vmap(returns, in_axes=(0, None))(population, keys).mean(1)
-    return member_returns
+    """Each member's mean score over `num_rollouts` PPO seeds drawn from its key."""
+    scores = make_scores(config)
+    return jax.vmap(lambda meta_params, key: scores(meta_params, jax.random.split(key, config.num_rollouts)).mean())
 
 
 def held_out_keys(config):
@@ -242,11 +429,16 @@ def held_out_keys(config):
 
 # ----------------------------------------------------------------------------------------------- files
 def config_from_dict(d):
+    """The config of a saved file; JSON lists back to tuples, fields newer than the file keep their defaults."""
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return OpenConfig(**{**d, "ppo": ppo.PPOConfig(**d["ppo"])})
 
 
 def save_atomic(path, payload):
-    """Write msgpack to a temporary file, then rename it over `path`: a reader never sees a half-written file."""
+    """Write msgpack to a temporary file, then rename it over `path`: a reader never sees a half-written file.
+    Under jax.distributed only process 0 writes."""
+    if jax.process_index():
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(serialization.msgpack_serialize(payload))
@@ -260,9 +452,11 @@ def load(path):
 
 def check_architecture(config, stored_config, path):
     """Refuse a file written for another optimizer or population size."""
-    for name in ("gru_size", "hidden_size", "population_size"):
-        if getattr(config, name) != stored_config[name]:
-            raise ValueError(f"{path} was written with {name} = {stored_config[name]}, but this run has "
+    defaults = asdict(OpenConfig())
+    for name in ("gru_size", "hidden_size", "population_size", "optimizer", "ablate", "separated"):
+        stored = stored_config.get(name, defaults[name])
+        if getattr(config, name) != (tuple(stored) if isinstance(stored, list) else stored):
+            raise ValueError(f"{path} was written with {name} = {stored}, but this run has "
                              f"{name} = {getattr(config, name)}")
 
 
@@ -274,6 +468,13 @@ def load_optimizer(path):
     return config, serialization.from_state_dict(template, payload["meta_params"])
 
 
+def learned_optimizer(path):
+    """(optimizer_fn, optimizer_params) of any optimizer file `meta_train` wrote (OPEN and its variants, No Features,
+    Optim4RL), ready for `ppo.make_train(ppo_config, optimizer_fn)` and `train(rng, optimizer_params)`."""
+    config, meta_params = load_optimizer(path)
+    return learned_optimizer_fn(config), meta_params
+
+
 # ----------------------------------------------------------------------------------------------- the main job
 def meta_train(config):
     """Meta-train OPEN; returns the meta-parameters with the best held-out return. Resumes from `out_dir`."""
@@ -283,8 +484,8 @@ def meta_train(config):
     es = make_es(config, meta_params)
     unravel = jax.flatten_util.ravel_pytree(meta_params)[1]
     state = es.init(jax.random.PRNGKey(config.seed), meta_params, es.default_params)
-    generation = make_generation(es, make_member_returns(config))
-    held_out = jax.jit(lambda params: make_ppo_returns(config)(params, held_out_keys(config)).mean())
+    generation = make_generation(es, make_member_returns(config), paired=config.task_sampling)
+    held_out = jax.jit(lambda params: make_scores(config)(params, held_out_keys(config)).mean())
     history = {"mean_return": [], "best_return": [], "non_finite": [], "sigma": [], "eval_generation": [],
                "eval_return": []}
     best = {"return": -np.inf, "generation": 0, "meta_params": meta_params}
@@ -363,7 +564,7 @@ def report(config, meta_params, out_dir):
     keys = held_out_keys(config)
     adam = ppo.hand_designed("adam", ppo.optimizer_steps(config.ppo) if config.ppo.anneal_lr else None)
     runs = {}
-    for name, optimizer_fn, optimizer_params in (("OPEN", open_optimizer(config), meta_params),
+    for name, optimizer_fn, optimizer_params in ((LABELS[config.optimizer], learned_optimizer_fn(config), meta_params),
                                                  ("Adam", adam, ppo.hyperparameters(config.ppo))):
         train = jax.jit(jax.vmap(ppo.make_train(config.ppo, optimizer_fn), in_axes=(0, None)))
         out = jax.device_get(train(keys, optimizer_params))
@@ -397,18 +598,52 @@ def report(config, meta_params, out_dir):
     return runs
 
 
+def generalisation(config, meta_params, out_dir):
+    """Learned optimizer / Adam on gridworlds (Figures 4 and 16): in distribution ('all') and out of support, for
+    agent widths `eval_widths` and training lengths `eval_lengths` x total_timesteps. Each seed trains on its own
+    level, the same for both optimizers; IQM over seeds of the return divided by Adam's mean return."""
+    from rliable import metrics as rly_metrics
+    keys, optimizer_fn = held_out_keys(config), learned_optimizer_fn(config)
+    settings = [(f"width {w}", replace(config.ppo, width=w)) for w in config.eval_widths] + \
+        [(f"length x{x}", replace(config.ppo, total_timesteps=int(x * config.ppo.total_timesteps)))
+         for x in config.eval_lengths]
+    lines = [f"# {LABELS[config.optimizer]} / Adam on gridworlds ({config.eval_seeds} seeds)", "",
+             "| level | setting | IQM of return / Adam's mean | Adam's mean return |", "|---|---|---|---|"]
+    for level in GRID_EVAL_LEVELS:
+        for setting, ppo_config in settings:
+            ppo_config = replace(ppo_config, env_name=level, eval_max_steps=max_horizon(level))
+            adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
+            learned, baseline = (np.asarray(jax.jit(final_returns(ppo_config, fn, True))(params, keys))
+                                 for fn, params in ((optimizer_fn, meta_params),
+                                                    (adam, ppo.hyperparameters(ppo_config))))
+            ratio = rly_metrics.aggregate_iqm(learned[:, None] / baseline.mean())
+            lines.append(f"| {level} | {setting} | {ratio:.3f} | {baseline.mean():.3f} |")
+            print(lines[-1], flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "generalisation.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main(config):
+    if config.coordinator:  # before anything touches a device
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
+        jax.distributed.initialize(*(() if config.coordinator == "auto" else
+                                     (config.coordinator, config.num_processes, config.process_id)))
     validate(config)
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
-        config = replace(trained_config, ppo=config.ppo, eval_seeds=config.eval_seeds)
-        report(config, meta_params, config.out_dir)
+        evaluation = generalisation if config.generalisation else report
+        config = replace(trained_config, ppo=config.ppo, eval_seeds=config.eval_seeds,
+                         eval_widths=config.eval_widths, eval_lengths=config.eval_lengths)
+        evaluation(config, meta_params, config.out_dir)
         return
     start = time.time()
     meta_params, _ = meta_train(config)
     print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "
           f"{os.path.join(config.out_dir, 'optimizer.msgpack')}")
-    report(config, meta_params, config.out_dir)
+    for task in config.tasks or (config.ppo.env_name,):
+        report(replace(config, ppo=replace(config.ppo, env_name=task)), meta_params,
+               os.path.join(config.out_dir, task) if config.tasks else config.out_dir)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def test_a_nan_member_ranks_last_and_is_counted():
     es, state, _ = quadratic_es(replace(CONFIG, population_size=4), jnp.ones(3))
     returns = jnp.array([jnp.nan, 0.0, 0.0, 0.0])
     generation = open_es.make_generation(es, lambda population, key: returns)
-    population, _ = es.ask(jax.random.PRNGKey(0), state, es.default_params)  # what `generation` will ask
+    population, _ = es.ask(jax.random.split(jax.random.PRNGKey(0), 3)[0], state,
+                           es.default_params)  # what `generation` will ask
     new_state, metrics = generation(state, jax.random.PRNGKey(0))
     step = new_state.mean - state.mean
     assert int(metrics["non_finite"]) == 1 and bool(jnp.all(jnp.isfinite(new_state.mean)))

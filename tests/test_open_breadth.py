@@ -1,0 +1,206 @@
+"""open_es.py breadth (issue 8): multi-task normalisation, within-pair ranking, ablations and learned baselines,
+the separated variant, the optimizer loader, and the population split over devices and over processes."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import open_es
+import ppo
+
+CONFIG = open_es.OpenConfig()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_PPO = replace(open_es.CATCH, num_envs=4, num_steps=4, total_timesteps=32, num_minibatches=1, update_epochs=1,
+                   width=4, eval_episodes=8)
+
+
+def test_multitask_fitness_is_return_over_adam_averaged_then_ranked(tmp_path):
+    returns = np.array([[10.0, 40.0], [30.0, 10.0], [np.nan, 80.0], [20.0, 20.0]])  # members x tasks
+    references = np.array([10.0, 40.0])
+    expected = [(10 / 10 + 40 / 40) / 2, (30 / 10 + 10 / 40) / 2, np.nan, (20 / 10 + 20 / 40) / 2]
+    score = open_es.normalised_score(jnp.asarray(returns), jnp.asarray(references))
+    np.testing.assert_allclose(score, expected, rtol=1e-6)
+    # raw returns would rank member 3 above member 1; normalised, 1 (1.625) beats 3 (1.25) beats 0 (1.0); NaN last
+    fitness = np.asarray(open_es.es_fitness(score))
+    assert list(np.argsort(fitness)) == [1, 3, 0, 2]
+    # references from baselines.py's file, or passed in (which wins); a missing env is named
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"Catch-bsuite": {"ppo": {}, "optimizers": {"adam": {"final_return": 0.8}}}}))
+    config = replace(CONFIG, tasks=("Catch-bsuite",), tuned_path=str(path))
+    np.testing.assert_allclose(open_es.adam_references(config), [0.8])
+    np.testing.assert_allclose(open_es.adam_references(replace(config, adam_returns=(2.0,))), [2.0])
+    with pytest.raises(ValueError, match="CartPole-v1.*tuned.json"):
+        open_es.validate(replace(config, tasks=("Catch-bsuite", "CartPole-v1")))
+
+
+def test_within_pair_ranking_moves_the_mean_toward_the_pair_winner():
+    np.testing.assert_allclose(open_es.pair_fitness(jnp.array([1.0, 5.0, jnp.nan, 2.0, 5.0, 0.0])),
+                               [0.5, 0.0, 0.5, -0.5, 0.0, -0.5])  # evosax minimises: the winner gets -0.5
+    keys = open_es.member_keys(jax.random.PRNGKey(0), 6, paired=True)
+    np.testing.assert_array_equal(keys[:3], keys[3:])  # member i and i + P/2 see the same level and seeds
+    config = replace(CONFIG, population_size=4, task_sampling=True)
+    solution = jnp.zeros(5)
+    es = open_es.make_es(config, solution)
+    state = es.init(jax.random.PRNGKey(0), solution, es.default_params)
+    population, _ = es.ask(jax.random.split(jax.random.PRNGKey(0), 3)[0], state,
+                           es.default_params)  # what `generation` will ask
+    # pairs are (0, 2) and (1, 3); the other pair ties. Member 0 = mean + sigma z0 wins, then member 3 = mean - sigma z1
+    for returns, winner in (([3.0, 0.0, 1.0, 0.0], 0), ([0.0, 0.0, 0.0, 2.0], 3)):
+        generation = open_es.make_generation(es, lambda population, keys: jnp.array(returns), paired=True)
+        step = generation(state, jax.random.PRNGKey(0))[0].mean - state.mean
+        assert float(jnp.dot(step, population[winner] - state.mean)) > 0
+
+
+def with_zero_rows(small, columns, outputs):
+    """Full-size (19 inputs, 3 outputs) meta-parameters that ignore the inputs outside `columns` (zero input-kernel
+    rows) and output 0 where `small` has no output; elsewhere equal to `small`."""
+    gru = dict(small["params"]["GRUCell_0"])
+    for gate in ("ir", "iz", "in"):
+        kernel = gru[gate]["kernel"]
+        full_kernel = jnp.zeros((open_es.NUM_INPUTS, kernel.shape[1])).at[np.array(columns)].set(kernel)
+        gru[gate] = {**gru[gate], "kernel": full_kernel}
+    last = small["params"]["Dense_2"]
+    last = {"kernel": jnp.zeros((last["kernel"].shape[0], 3)).at[:, :outputs].set(last["kernel"]),
+            "bias": jnp.zeros(3).at[:outputs].set(last["bias"])}
+    return {"params": {**small["params"], "GRUCell_0": gru, "Dense_2": last}}
+
+
+@pytest.mark.parametrize("change, removed, outputs", [
+    *[(dict(ablate=(name,)), [open_es.INPUTS.index(name)], 3) for name in open_es.ABLATIONS[:4]],
+    (dict(ablate=("stochasticity",)), [], 2),
+    (dict(optimizer="no_features"), list(range(14, 19)), 2),
+])
+def test_each_ablation_removes_exactly_its_input(change, removed, outputs):
+    config = replace(CONFIG, **change)
+    columns = [i for i in range(open_es.NUM_INPUTS) if i not in removed]
+    assert open_es.input_columns(config) == columns and open_es.num_outputs(config) == outputs
+    small = open_es.init_meta_params(config, jax.random.PRNGKey(1))
+    assert small["params"]["GRUCell_0"]["ir"]["kernel"].shape[0] == len(columns)
+    assert small["params"]["Dense_2"]["kernel"].shape[1] == outputs
+    # The ablated optimizer's update equals the full one's when the full one ignores the removed inputs (and has no
+    # noise output): it sees exactly the other inputs, with their values.
+    full = with_zero_rows(small, columns, outputs)
+    params = {"w": jax.random.normal(jax.random.PRNGKey(2), (6, 4)), "b": jnp.zeros(4)}
+    grads = jax.tree.map(lambda p: 0.01 * jnp.cos(p + 1), params)
+    context = dict(training_proportion=0.3, batch_proportion=0.5, key=jax.random.PRNGKey(3),
+                   dormancy=jax.tree.map(lambda p: jnp.abs(p) + 0.5, params),
+                   layer_proportion=jax.tree.map(lambda p: jnp.full_like(p, 0.5), params),
+                   actor_mask=jax.tree.map(jnp.ones_like, params))
+    updates = []
+    for cfg, meta in ((config, small), (CONFIG if outputs == 3 else replace(CONFIG, alpha3=0.0), full)):
+        optimizer = open_es.open_optimizer(cfg)(meta)
+        state = optimizer.init(params)
+        for _ in range(2):
+            update, state = optimizer.update(grads, state, params, **context)
+        updates.append(update)
+    for a, b in zip(jax.tree.leaves(updates[0]), jax.tree.leaves(updates[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert float(jnp.abs(updates[0]["w"]).max()) > 0
+
+
+def test_separated_updates_actor_and_critic_with_their_own_meta_parameters():
+    config = replace(CONFIG, separated=True)
+    meta = open_es.init_meta_params(config, jax.random.PRNGKey(0))
+    params = {"w": jnp.ones((3, 2))}
+    grads = {"w": jnp.arange(6.0).reshape(3, 2) * 1e-3}
+    for mask, name in ((1.0, "actor"), (0.0, "critic")):
+        context = dict(actor_mask={"w": jnp.full((3, 2), mask)}, key=jax.random.PRNGKey(1))
+        separated = open_es.open_optimizer(config)(meta)
+        shared = open_es.open_optimizer(CONFIG)(meta[name])
+        a, _ = separated.update(grads, separated.init(params), params, **context)
+        b, _ = shared.update(grads, shared.init(params), params, **context)
+        np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)
+
+
+def test_learned_optimizer_loads_shipped_and_baseline_files_for_ppo(tmp_path):
+    files = [os.path.join(ROOT, "trained", "open_catch.msgpack")]  # written before the new config fields
+    for optimizer in ("no_features", "optim4rl"):
+        config = replace(CONFIG, optimizer=optimizer, ppo=TINY_PPO)
+        files.append(str(tmp_path / f"{optimizer}.msgpack"))
+        open_es.save_atomic(files[-1], {"config": json.dumps(open_es.asdict(config)), "meta_params":
+                                        open_es.serialization.to_state_dict(open_es.init_meta_params(
+                                            config, jax.random.PRNGKey(0)))})
+    params, grads = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}, {"w": jnp.linspace(0.1, 0.6, 6).reshape(3, 2)}
+    for path in files:
+        optimizer_fn, optimizer_params = open_es.learned_optimizer(path)
+        optimizer = optimizer_fn(optimizer_params)
+        update, _ = optimizer.update(grads, optimizer.init(params), params)
+        assert float(jnp.abs(update["w"]).max()) > 0
+    # Optim4RL's learning rate is 0.1 x Adam's (Sec. 6.1): at initialisation it is close to sign-SGD
+    assert float(jnp.abs(update["w"]).max()) == pytest.approx(0.1 * TINY_PPO.learning_rate, rel=0.5)
+    out = jax.jit(ppo.make_train(TINY_PPO, optimizer_fn))(jax.random.PRNGKey(0), optimizer_params)
+    assert np.isfinite(float(out["final_return"]))
+
+
+# One ES generation of OPEN, paired as with task sampling; each member's return (cheap, so the test stays fast): minus
+# the loss of a toy regression after three OPEN updates, the data drawn from the member's key.
+GENERATION = """
+import sys
+sys.path.insert(0, {root!r})
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from dataclasses import replace
+import open_es
+config = replace(open_es.OpenConfig(), population_size=4, task_sampling=True)
+meta = open_es.init_meta_params(config, jax.random.PRNGKey(0))
+es = open_es.make_es(config, meta)
+state = es.init(jax.random.PRNGKey(0), meta, es.default_params)
+
+def member_return(meta_params, key):
+    x = jax.random.normal(key, (16, 3))
+    loss = lambda params: jnp.mean((x @ params["w"] - x @ jnp.array([1.0, -2.0, 0.5])) ** 2)
+    optimizer = open_es.open_optimizer(config)(meta_params)
+    params = {{"w": jnp.zeros(3)}}
+    opt_state = optimizer.init(params)
+    for _ in range(3):
+        updates, opt_state = optimizer.update(jax.grad(loss)(params), opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return -loss(params)
+
+def one_generation(devices=None):
+    generation = open_es.make_generation(es, jax.vmap(member_return), config.task_sampling, devices)
+    return np.asarray(generation(state, jax.random.PRNGKey(1))[0].mean)
+"""
+
+
+def python(code, *args, env=None):
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_population_split_over_two_devices_and_two_processes_equals_one_device(tmp_path):
+    """One generation with the population on one device, split over two forced host devices, and split over two
+    jax.distributed CPU processes (gloo)."""
+    setup = GENERATION.format(root=ROOT)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    distributed = (f"import sys, jax\njax.config.update('jax_cpu_collectives_implementation', 'gloo')\n"
+                   f"jax.distributed.initialize('localhost:{port}', 2, int(sys.argv[1]))\n{setup}"
+                   f"assert jax.device_count() == 2 and jax.local_device_count() == 1\n"
+                   f"np.save({str(tmp_path)!r} + f'/process{{sys.argv[1]}}.npy', one_generation())\n")
+    forced = setup + textwrap.dedent(f"""
+        assert jax.device_count() == 2
+        np.save({str(tmp_path / 'one_device.npy')!r}, one_generation(jax.devices()[:1]))
+        np.save({str(tmp_path / 'two_devices.npy')!r}, one_generation())
+    """)
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    processes = [python(forced, env={"XLA_FLAGS": flags})] + [python(distributed, str(i)) for i in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=400)
+        assert process.returncode == 0, stderr[-3000:]
+    one = np.load(tmp_path / "one_device.npy")
+    assert np.abs(one).max() > 0.01  # the ES moved
+    # the same update up to float rounding (ES steps here are ~0.05 per coordinate)
+    for name in ("two_devices", "process0", "process1"):
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), one, rtol=1e-5, atol=1e-6)
