@@ -2,19 +2,28 @@
 
     python optim4rl_metagrad.py                       # meta-train on Catch, then evaluate (2-core CPU: about 5 min)
     python optim4rl_metagrad.py --preset no_pipeline  # the pipeline-training ablation (Table 1)
+    python optim4rl_metagrad.py --architecture l2lgd2 # the Sec. 6.1 ablations: linear_optim, l2lgd2
+    python optim4rl_metagrad.py --preset big_dense_long        # App. C.3 at paper scale (512 units): for GPUs
+    python optim4rl_metagrad.py --preset six_gridworlds        # Sec. 6.2: the six gridworlds at once: for GPUs
+    python optim4rl_metagrad.py --preset ant                   # PPO meta-training on Brax (App. C.3): for GPUs
     python optim4rl_metagrad.py --eval runs/optim4rl_catch --eval-env small_dense_short
+    python optim4rl_metagrad.py --eval runs/optim4rl_six_gridworlds --eval-env ant   # transfer to Brax with PPO
 
 The optimizer (Algorithm 1, App. A) works coordinate-wise: every agent parameter has its own hidden states of two
 GRUs; GRU1 reads the gradient g and an MLP maps its state to o1, GRU2 reads g^2 and another MLP gives o2;
 m = sign(g) exp(o1), v = exp(o2) and the update is -lr m / sqrt(v + eps) (eq. 2). The input gradient is stop-gradient.
 `make_optimizer_fn(config)(optimizer_params)`, with `optimizer_params = {"meta": meta_params, "learning_rate": lr}`,
 is an ordinary `optax.GradientTransformationExtraArgs` (context keyword arguments are ignored), so
-`a2c.make_train(config, optimizer_fn)`, `ppo.make_train(config, optimizer_fn)` or any optax user trains with it.
+`a2c.make_train(config, optimizer_fn)`, `ppo.make_train(config, optimizer_fn)` or any optax user trains with it;
+`learned_optimizer(path)` gives both for a checkpoint.
 
 Meta-training (Sec. 2.2, 5.1, App. C): n training units (agent parameters, envs, optimizer state) are vmapped; each
-meta-step makes M inner A2C updates per unit (a2c.py, each on a fresh 20-step rollout), takes the A2C loss on the next
-rollout as the outer loss, averages its meta-gradient over units (through the parameter updates and the GRU states)
-and applies Adam with global-norm clipping. With pipeline training, unit i is re-initialised when t mod m == r_i.
+meta-step makes M inner updates per unit (a2c.py, or ppo.py for Brax, each on a fresh rollout), takes the agent's loss
+on the next rollout as the outer loss, averages its meta-gradient over units (through the parameter updates and the
+GRU states) and, in multi-task training (Sec. 6.2), over tasks, and applies Adam with global-norm clipping. With
+pipeline training, unit i is re-initialised when t mod m == r_i. Memory: the per-parameter GRU/MLP activations of
+every inner update dominate (the authors' big_dense_long needs 66 GB); `remat` recomputes them chunk by chunk in
+backprop and `unit_chunk` backpropagates through a few units at a time, so 512 units fit in about 10 GiB.
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
@@ -27,7 +36,7 @@ import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -38,17 +47,21 @@ import scipy.stats
 from jax.flatten_util import ravel_pytree
 
 import a2c
+import gridworld
+import ppo
 from ppo import hand_designed, hyperparameters, parse_config
 
 
 @dataclass(frozen=True)
 class Optim4RLConfig:
-    architecture: str = "optim4rl"  # "optim4rl" (Algorithm 1) or "linear_optim" (the Sec. 6.1 ablation, LinearOptim)
+    architecture: str = "optim4rl"  # "optim4rl" (Algorithm 1); ablations (Sec. 6.1): "linear_optim", "l2lgd2"
     gru_size: int = 8  # hidden size of each GRU (Sec. 6, App. A)
     mlp_sizes: tuple[int, ...] = (16, 16)  # hidden layers of each MLP head (Sec. 6, App. A)
     gradient_processing: bool = True  # GRU inputs [sign g, log|g|] and log g^2 (ICLR 2024 version) instead of g, g^2
-    agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3 (App. C.3)
+    agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3, Brax 3e-4 (App. C.3)
+    algorithm: str = "a2c"  # the units' agent: "a2c" (Catch, gridworlds; App. C) or "ppo" (Brax; App. C.3)
     env_name: str = "Catch-bsuite"  # meta-training env, with its a2c.py preset (App. C)
+    tasks: tuple[str, ...] = ()  # multi-task (Sec. 6.2): gridworlds at once, Table 3 reward scales; (): env_name
     num_units: int = 64  # n training units (Sec. 5.1); Catch: 64 (App. C.3)
     envs_per_unit: int = 16  # envs of each unit's A2C agent; the authors' code: 1 (far noisier meta-gradients)
     inner_updates: int = 4  # M inner updates per outer update (Sec. 2.2, App. C)
@@ -57,6 +70,9 @@ class Optim4RLConfig:
     num_meta_steps: int = 500  # outer updates of the whole run (the authors' Catch runs: 5e5 env steps, 78)
     meta_lr: float = 3e-3  # Adam meta learning rate, swept over {1e-5, ..., 1e-2} (App. C.3)
     meta_grad_clip: float = 0.5  # global-norm clip of the meta-gradient (the authors' configs)
+    remat: bool = False  # rematerialise the optimizer network in backprop (memory; on in the gridworld presets)
+    remat_chunk: int = 4096  # with remat: parameters per chunk whose GRU/MLP activations are held at once
+    unit_chunk: int = 0  # backprop through this many units at a time, one chunk after another (0: all at once)
     checkpoint_every: int = 50  # K: meta-steps per compiled chunk; a progress line and a checkpoint after each
     run_dir: str = "runs/optim4rl_catch"  # checkpoint.npz (meta-state + this config) and evaluation outputs
     seed: int = 0  # seed of meta-training; evaluation seeds are seed, seed + 1, ...
@@ -66,48 +82,100 @@ class Optim4RLConfig:
     eval_timesteps: int = 500_000  # env steps of each evaluation run (the authors' Catch runs: 5e5)
 
 
+# Gridworld meta-training at paper scale (App. C.3-C.4): n = 512 units of one env each; m from {72, 144, 288, 576}.
+GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
+                 remat=True, unit_chunk=64)
 PRESETS = {
     "default": {},
     "catch": {},
     "catch_m64": dict(reset_interval=64),
     "catch_one_env": dict(envs_per_unit=1),  # one env a unit, as the authors' code
     "no_pipeline": dict(pipeline=False),
-    "big_dense_long": dict(env_name="big_dense_long", agent_lr=3e-3, num_units=512, envs_per_unit=1,
-                           reset_interval=144, run_dir="runs/optim4rl_big_dense_long"),  # App. C.3: for GPUs
+    **{f"{name}{suffix}": dict(GRIDWORLD, env_name=name, agent_lr=lr, pipeline=not suffix,
+                               run_dir=f"runs/optim4rl_{name}{suffix}")  # Table 1's gridworld columns
+       for name, lr in (("small_dense_long", 1e-3), ("big_dense_long", 3e-3)) for suffix in ("", "_no_pipeline")},
+    "six_gridworlds": dict(GRIDWORLD, env_name="big_dense_long", tasks=gridworld.OPTIM4RL_LEVELS, agent_lr=3e-3,
+                           run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4
+    # PPO on Brax (App. C.3, ppo.py's *_optim4rl presets: 8 minibatches, value net [64] * 5): 2048 envs in all, as
+    # 16 vmapped units of 128 envs; m from {32, ..., 512}
+    **{name: dict(algorithm="ppo", env_name=name, agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128,
+                  num_meta_steps=1000, checkpoint_every=10, remat=True, unit_chunk=4, run_dir=f"runs/optim4rl_{name}")
+       for name in ("ant", "humanoid")},
 }
-ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,)}  # outputs of the MLP head on each GRU
+ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the MLP head on each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
 EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
 RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir") + EVAL_FIELDS  # free to change when resuming
+MEMORY_FIELDS = ("remat", "remat_chunk", "unit_chunk")  # memory and speed, not results: free to change on resuming
 EPS = 1e-8  # eps of eq. 2 (Algorithm 1)
 LOG_EPS = 1e-18  # inside log|g| (the authors' code)
+L2L_P = 10.0  # p of L2LGD^2's gradient preprocessing (Andrychowicz et al. 2016, App. A)
 
 
-def agent_config(env_name, **overrides):
-    """The a2c.py config of `env_name`: its preset (App. C) if it has one, the A2C defaults otherwise."""
-    preset = next((p for p in a2c.PRESETS.values() if p.get("env_name") == env_name), {})
-    return replace(a2c.A2CConfig(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
+def agent_config(env_name, algorithm="a2c", **overrides):
+    """The a2c.py or ppo.py config of `env_name`: its preset (Optim4RL App. C, C.3) if it has one, the defaults
+    otherwise."""
+    module, config_class = (ppo, ppo.PPOConfig) if algorithm == "ppo" else (a2c, a2c.A2CConfig)
+    preset = module.PRESETS.get(f"{env_name}_optim4rl") or next(
+        (p for p in module.PRESETS.values() if p.get("env_name") == env_name), {})
+    return replace(config_class(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
 
 
-def unit_agent_config(config):
-    return agent_config(config.env_name, num_envs=config.envs_per_unit, learning_rate=config.agent_lr)
+def unit_agent_config(config, env_name=None):
+    return agent_config(env_name or config.env_name, config.algorithm, num_envs=config.envs_per_unit,
+                        learning_rate=config.agent_lr)
+
+
+def steps_per_update(agent_cfg):
+    """Env steps of one A2C or PPO update (one rollout of every env)."""
+    return agent_cfg.num_envs * (agent_cfg.num_steps if isinstance(agent_cfg, ppo.PPOConfig) else
+                                 agent_cfg.rollout_length)
+
+
+def task_names(config):
+    """The env of each group of units: `tasks` in multi-task training (Sec. 6.2), else env_name alone."""
+    return tuple(config.tasks) or (config.env_name,)
+
+
+def make_unit_agents(config):
+    """One A2C or PPO agent (a2c.make_agent, ppo.make_agent) per task; in multi-task training each gridworld's
+    rewards are scaled by Table 3."""
+    def env_params(name):
+        return gridworld.make(name, reward_scale=gridworld.REWARD_SCALES[name])[1] if config.tasks else None
+
+    module = {"a2c": a2c, "ppo": ppo}[config.algorithm]
+    return tuple(module.make_agent(unit_agent_config(config, name), env_params(name)) for name in task_names(config))
+
+
+def eval_algorithm(config):
+    """PPO on Brax envs (Sec. 6.2) and for optimizers meta-trained with PPO; A2C otherwise."""
+    return "ppo" if (config.eval_env or config.env_name) in ppo.BRAX_ENVS else config.algorithm
 
 
 def eval_agent_config(config):
-    """On the meta-training env at its agent lr (Catch: 1e-3, App. C.3); on another env at that env's a2c.py lr."""
+    """On the meta-training env at its agent lr (Catch: 1e-3, App. C.3); on another env at that env's preset lr."""
     env_name = config.eval_env or config.env_name
     lr = {"learning_rate": config.agent_lr} if env_name == config.env_name else {}
-    return agent_config(env_name, total_timesteps=config.eval_timesteps, num_seeds=config.eval_seeds, **lr)
+    return agent_config(env_name, eval_algorithm(config), total_timesteps=config.eval_timesteps,
+                        num_seeds=config.eval_seeds, **lr)
 
 
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+    if config.algorithm not in ("a2c", "ppo"):
+        raise ValueError(f"unknown algorithm {config.algorithm!r}; valid: a2c, ppo")
+    unknown = [name for name in config.tasks if name not in gridworld.REWARD_SCALES]
+    if unknown or len(set(config.tasks)) < len(config.tasks):
+        raise ValueError(f"tasks must be distinct Optim4RL gridworlds, got {config.tasks}; valid: "
+                         f"{', '.join(gridworld.REWARD_SCALES)}")
     for field in ("gru_size", "num_units", "envs_per_unit", "inner_updates", "num_meta_steps", "checkpoint_every",
-                  "eval_timesteps"):
+                  "eval_timesteps", "remat_chunk"):
         if getattr(config, field) < 1:
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    if config.unit_chunk < 0 or config.unit_chunk and config.num_units % config.unit_chunk:
+        raise ValueError(f"unit_chunk must be 0 or divide num_units = {config.num_units}, got {config.unit_chunk}")
     if config.reset_interval < 1:
         raise ValueError(f"reset_interval must be at least 1, got {config.reset_interval}")
     if not config.mlp_sizes or min(config.mlp_sizes) < 1:
@@ -119,14 +187,16 @@ def validate(config):
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
     if config.eval and not os.path.isfile(checkpoint_path(config.eval)):
         raise ValueError(f"eval: no checkpoint at {config.eval!r}")
-    a2c.validate(unit_agent_config(config))
-    a2c.validate(eval_agent_config(config))
+    for name in task_names(config):
+        {"a2c": a2c, "ppo": ppo}[config.algorithm].validate(unit_agent_config(config, name))
+    {"a2c": a2c, "ppo": ppo}[eval_algorithm(config)].validate(eval_agent_config(config))
 
 
 # ----------------------------------------------------------------------------------------------- the optimizer
 class LearnedOptimizer(nn.Module):
-    """One GRU per input (Algorithm 1: g and g^2; LinearOptim: g), each followed by an MLP head. Applied to a flat
-    vector of N gradients with hidden states (N, GRUs, gru_size); returns the new states and the outputs (N, o)."""
+    """One GRU per input (Algorithm 1: g and g^2; LinearOptim and L2LGD^2: g), each followed by an MLP head. Applied to
+    a flat vector of N gradients with hidden states (N, GRUs, gru_size); returns the new states and the outputs
+    (N, o)."""
     architecture: str
     gru_size: int
     mlp_sizes: tuple[int, ...]
@@ -134,8 +204,10 @@ class LearnedOptimizer(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, g):
-        if self.gradient_processing:  # RL gradients span many orders of magnitude (ICLR 2024 version)
-            log_abs = jnp.log(jnp.abs(g) + LOG_EPS)
+        log_abs = jnp.log(jnp.abs(g) + LOG_EPS)
+        if self.architecture == "l2lgd2":
+            inputs = (l2l_preprocess(g, log_abs),)
+        elif self.gradient_processing:  # RL gradients span many orders of magnitude (ICLR 2024 version)
             inputs = (jnp.stack([jnp.sign(g), log_abs], -1), 2.0 * log_abs[:, None])
         else:
             inputs = (g[:, None], (g * g)[:, None])
@@ -144,22 +216,49 @@ class LearnedOptimizer(nn.Module):
             state, x = nn.GRUCell(self.gru_size, name=f"gru{i + 1}")(hidden[:, i], inputs[i])
             for j, size in enumerate(self.mlp_sizes):
                 x = nn.relu(nn.Dense(size, name=f"mlp{i + 1}_{j}")(x))
-            # zero read-out: o = 0 at initialisation, so Optim4RL starts as sign-SGD, -lr sign(g)
+            # zero read-out: o = 0 at initialisation, so Optim4RL starts as sign-SGD, -lr sign(g), the others as SGD
             outputs.append(nn.Dense(num_outputs, kernel_init=nn.initializers.zeros, name=f"out{i + 1}")(x))
             states.append(state)
         return jnp.stack(states, 1), jnp.concatenate(outputs, -1)
 
 
+def l2l_preprocess(g, log_abs):
+    """L2LGD^2's input (Andrychowicz et al. 2016, App. A): (log|g| / p, sign g) if log|g| / p >= -1, else
+    (-1, e^p g)."""
+    scaled = log_abs / L2L_P
+    large = scaled >= -1.0
+    return jnp.stack([jnp.where(large, scaled, -1.0), jnp.where(large, jnp.sign(g), np.exp(L2L_P) * g)], -1)
+
+
 def parameter_update(architecture, g, o, learning_rate):
     """Optim4RL, eq. 2: m = sign(g) exp(o1), v = exp(o2), -lr m / sqrt(v + eps). LinearOptim (Sec. 6.1):
-    -lr (exp(o1) g + exp(o2) o3)."""
+    -lr (exp(o1) g + exp(o2) o3). L2LGD^2 (NOTES.md): -lr exp(o) g."""
     if architecture == "optim4rl":
         return -learning_rate * jnp.sign(g) * jnp.exp(o[:, 0]) / jnp.sqrt(jnp.exp(o[:, 1]) + EPS)
+    if architecture == "l2lgd2":
+        return -learning_rate * jnp.exp(o[:, 0]) * g
     return -learning_rate * (jnp.exp(o[:, 0]) * g + jnp.exp(o[:, 1]) * o[:, 2])
 
 
 def optimizer_network(config):
     return LearnedOptimizer(config.architecture, config.gru_size, tuple(config.mlp_sizes), config.gradient_processing)
+
+
+def rematerialised(apply, chunk):
+    """`apply(hidden, g)` on chunks of at most `chunk` parameters under jax.checkpoint, one chunk after another:
+    backprop keeps only each chunk's inputs and recomputes the GRU/MLP activations of one chunk at a time, so memory
+    holds one chunk's activations instead of every parameter's (the coordinate-wise network dominates memory)."""
+    def chunked(hidden, g):
+        size = g.shape[0]
+        num_chunks = -(-size // chunk)
+        length = -(-size // num_chunks)  # the fewest chunks, as even as possible: little padding
+        pad = num_chunks * length - size
+        hidden_chunks = jnp.pad(hidden, ((0, pad), (0, 0), (0, 0))).reshape((num_chunks, length) + hidden.shape[1:])
+        g_chunks = jnp.pad(g, (0, pad)).reshape((num_chunks, length))
+        hidden_chunks, o_chunks = jax.lax.map(jax.checkpoint(lambda x: apply(*x)), (hidden_chunks, g_chunks))
+        return hidden_chunks.reshape((-1,) + hidden.shape[1:])[:size], o_chunks.reshape((-1, o_chunks.shape[-1]))[:size]
+
+    return chunked
 
 
 class LearnedOptimizerState(NamedTuple):
@@ -179,7 +278,8 @@ def make_optimizer_fn(config):
         def update(updates, state, params=None, **context):
             g, unravel = ravel_pytree(updates)
             g = jax.lax.stop_gradient(g)  # Algorithm 1: the input gradient carries no meta-gradient
-            hidden, o = network.apply(optimizer_params["meta"], state.hidden, g)
+            apply = functools.partial(network.apply, optimizer_params["meta"])
+            hidden, o = (rematerialised(apply, config.remat_chunk) if config.remat else apply)(state.hidden, g)
             return unravel(parameter_update(config.architecture, g, o, optimizer_params["learning_rate"])), \
                 LearnedOptimizerState(hidden)
 
@@ -197,9 +297,10 @@ def init_meta_params(config, rng):
 
 # ----------------------------------------------------------------------------------------------- meta-training
 class Unit(NamedTuple):
-    """A training unit (Sec. 5.1): an A2C agent, its envs, its optimizer state, iterations since its last reset."""
+    """A training unit (Sec. 5.1): an A2C or PPO agent, its envs, its optimizer state, iterations since its last
+    reset."""
     params: dict
-    opt_state: LearnedOptimizerState
+    opt_state: LearnedOptimizerState  # PPO: {network name: LearnedOptimizerState}
     env_state: object
     obs: jax.Array
     age: jax.Array
@@ -208,10 +309,16 @@ class Unit(NamedTuple):
 class MetaState(NamedTuple):
     meta_params: dict
     meta_opt_state: tuple
-    units: Unit  # every leaf has a leading axis of num_units
+    units: tuple  # one Unit per task (task_names), every leaf with a leading axis of num_units
     step: jax.Array  # t, meta-steps done
     skipped: jax.Array  # meta-steps whose meta-gradient was not finite
     rng: jax.Array
+
+
+class MetaTraining(NamedTuple):
+    init_state: Callable  # rng -> MetaState
+    run_chunk: Callable  # (state, length) -> (state, metrics of each meta-step)
+    meta_gradient: Callable  # (meta_params, units, keys (tasks, units, 2)) -> ((loss, (units, returns)), grads)
 
 
 def reset_offsets(num_units, reset_interval):
@@ -258,48 +365,78 @@ def apply_meta_gradient(meta_optimizer, state, units, grads, rng):
 
 
 def make_meta_training(config):
-    """(init_state(rng), run_chunk(state, length)), both jitted; run_chunk makes `length` meta-steps in one lax.scan.
-    Configs that differ only in RUN_FIELDS or seed (e.g. a resumed, longer run) share one compiled program."""
+    """MetaTraining(init_state, run_chunk, meta_gradient), all jitted; run_chunk makes `length` meta-steps in one
+    lax.scan. Configs that differ only in RUN_FIELDS or seed (e.g. a resumed, longer run) share one compiled program."""
     return _meta_training(replace(config, **{n: getattr(Optim4RLConfig, n) for n in RUN_FIELDS + ("seed",)}))
 
 
 @functools.lru_cache(maxsize=8)
 def _meta_training(config):
-    agent = a2c.make_agent(unit_agent_config(config))
+    agents = make_unit_agents(config)
     optimizer_fn = make_optimizer_fn(config)
     meta_optimizer = make_meta_optimizer(config)
     offsets = jnp.asarray(reset_offsets(config.num_units, config.reset_interval))
 
-    def fresh_unit(key):
-        params, env_state, obs = agent.init(key)
-        return Unit(params, optimizer_fn(None).init(params), env_state, obs, jnp.int32(0))  # init: no meta-params
+    def fresh_units(key):
+        """A new group of units for each task (keys: (tasks, units, 2))."""
+        def fresh_unit(agent, key):
+            params, env_state, obs = agent.init(key)
+            init = optimizer_fn(None).init  # init needs no meta-parameters; PPO: one state per network (ppo.py)
+            opt_state = {n: init(p) for n, p in params.items()} if config.algorithm == "ppo" else init(params)
+            return Unit(params, opt_state, env_state, obs, jnp.int32(0))
+
+        return tuple(jax.vmap(functools.partial(fresh_unit, agent))(keys) for agent, keys in zip(agents, key))
+
+    def unit_keys(key):
+        return jax.random.split(key, (len(agents), config.num_units))
 
     def init_state(rng):
         meta_params = init_meta_params(config, rng)
         rng, units_key = jax.random.split(rng)
-        units = jax.vmap(fresh_unit)(jax.random.split(units_key, config.num_units))
+        units = fresh_units(unit_keys(units_key))
         return MetaState(meta_params, meta_optimizer.init(meta_params), units, jnp.int32(0), jnp.int32(0), rng)
 
-    def mean_outer_loss(meta_params, units, keys):
-        losses, (units, returns) = jax.vmap(outer_loss, in_axes=(None, 0, 0, None, None, None))(
-            meta_params, units, keys, agent, optimizer_fn, config)
-        return losses.mean(), (units, returns)
+    def task_gradient(agent, meta_params, group, keys):
+        """A task's outer loss averaged over its units, its meta-gradient, the units after and their mean return.
+        Units go through backprop in chunks of unit_chunk, one chunk after another: memory holds one chunk's
+        activations, and the gradient is the mean of the equal-sized chunks' mean gradients."""
+        def chunk_loss(meta_params, group, keys):
+            loss, (group, returns) = jax.vmap(outer_loss, in_axes=(None, 0, 0, None, None, None))(
+                meta_params, group, keys, agent, optimizer_fn, config)
+            return loss.mean(), (group, returns)
+
+        def chunk_step(total, chunk):
+            (loss, aux), grads = jax.value_and_grad(chunk_loss, has_aux=True)(meta_params, *chunk)
+            return jax.tree.map(jnp.add, total, grads), (loss, aux)
+
+        size = config.unit_chunk or config.num_units
+        chunks = jax.tree.map(lambda x: x.reshape((config.num_units // size, size) + x.shape[1:]), (group, keys))
+        total, (losses, (group, returns)) = jax.lax.scan(chunk_step, jax.tree.map(jnp.zeros_like, meta_params),
+                                                         chunks)
+        group = jax.tree.map(lambda x: x.reshape((config.num_units,) + x.shape[2:]), group)
+        return losses.mean(), group, jnp.nanmean(returns), jax.tree.map(lambda g: g / losses.size, total)
+
+    def meta_gradient(meta_params, units, keys):
+        """The meta-gradient averaged over each task's units, then over tasks (Sec. 5.1, 6.2)."""
+        per_task = [task_gradient(agent, meta_params, group, group_keys)  # tasks differ in shapes: one per task
+                    for agent, group, group_keys in zip(agents, units, keys)]
+        losses, groups, returns, grads = zip(*per_task)
+        grads = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+        return (jnp.mean(jnp.stack(losses)), (tuple(groups), jnp.stack(returns))), grads
 
     def meta_step(state, _):
         rng, reset_key, step_key = jax.random.split(state.rng, 3)
         reset = reset_mask(state.step, offsets, config.reset_interval, config.pipeline)
-        fresh = jax.vmap(fresh_unit)(jax.random.split(reset_key, config.num_units))
         units = jax.tree.map(lambda f, u: jnp.where(reset.reshape((-1,) + (1,) * (u.ndim - 1)), f, u),
-                             fresh, state.units)
-        (loss, (units, returns)), grads = jax.value_and_grad(mean_outer_loss, has_aux=True)(
-            state.meta_params, units, jax.random.split(step_key, config.num_units))
-        metrics = {"outer_loss": loss, "train_return": jnp.nanmean(returns), "grad_norm": optax.tree.norm(grads)}
+                             fresh_units(unit_keys(reset_key)), state.units)
+        (loss, (units, returns)), grads = meta_gradient(state.meta_params, units, unit_keys(step_key))
+        metrics = {"outer_loss": loss, "train_return": returns, "grad_norm": optax.tree.norm(grads)}
         return apply_meta_gradient(meta_optimizer, state, units, grads, rng), metrics
 
     def run_chunk(state, length):
         return jax.lax.scan(meta_step, state, None, length)
 
-    return jax.jit(init_state), jax.jit(run_chunk, static_argnums=1)
+    return MetaTraining(jax.jit(init_state), jax.jit(run_chunk, static_argnums=1), jax.jit(meta_gradient))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -320,7 +457,7 @@ def checkpoint_path(path):
 def read_config(path):
     with np.load(checkpoint_path(path)) as data:
         saved = json.loads(str(data["config"]))
-    return Optim4RLConfig(**{**saved, "mlp_sizes": tuple(saved["mlp_sizes"])})
+    return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in ("mlp_sizes", "tasks") if n in saved}})
 
 
 def load_state(path, config):
@@ -328,12 +465,13 @@ def load_state(path, config):
     refused with the differing fields named, before anything compiles."""
     saved = read_config(path)
     for names, what in ((ARCHITECTURE_FIELDS, "another architecture"),
-                        ([f.name for f in fields(config) if f.name not in RUN_FIELDS], "other training settings")):
+                        ([f.name for f in fields(config) if f.name not in RUN_FIELDS + MEMORY_FIELDS],
+                         "other training settings")):
         diff = {n: (getattr(saved, n), getattr(config, n)) for n in names if getattr(saved, n) != getattr(config, n)}
         if diff:
             raise ValueError(f"checkpoint {path} is of {what}: " + ", ".join(
                 f"{n} = {s!r} there, {c!r} here" for n, (s, c) in diff.items()))
-    template = jax.eval_shape(make_meta_training(config)[0], jax.random.PRNGKey(config.seed))
+    template = jax.eval_shape(make_meta_training(config).init_state, jax.random.PRNGKey(config.seed))
     leaves, treedef = jax.tree.flatten(template)
     with np.load(checkpoint_path(path)) as data:
         arrays = [data[f"leaf_{i}"] for i in range(len(leaves))]
@@ -342,24 +480,37 @@ def load_state(path, config):
     return jax.tree.unflatten(treedef, [jnp.asarray(a, x.dtype) for a, x in zip(arrays, leaves)])
 
 
+def learned_optimizer(path, learning_rate=None):
+    """(optimizer_fn, optimizer_params) of the learned optimizer in checkpoint `path` (or its run dir), ready for
+    `ppo.make_train(config, optimizer_fn)` or `a2c.make_train`: `train(rng, optimizer_params)`. The learning rate of
+    eq. 2 defaults to the checkpoint's agent_lr."""
+    if not os.path.isfile(checkpoint_path(path)):
+        raise ValueError(f"no checkpoint at {path!r}")
+    config = read_config(path)
+    meta_params = load_state(path, config).meta_params
+    lr = config.agent_lr if learning_rate is None else learning_rate
+    return make_optimizer_fn(replace(config, remat=False)), {"meta": meta_params, "learning_rate": jnp.float32(lr)}
+
+
 def meta_train(config):
     """Meta-train in chunks of `checkpoint_every` meta-steps, resuming from run_dir's checkpoint if there is one."""
     validate(config)
     os.makedirs(config.run_dir, exist_ok=True)
     path = os.path.join(config.run_dir, "checkpoint.npz")
     state = load_state(path, config) if os.path.exists(path) else None
-    init_state, run_chunk = make_meta_training(config)
-    state = init_state(jax.random.PRNGKey(config.seed)) if state is None else state
+    training = make_meta_training(config)
+    state = training.init_state(jax.random.PRNGKey(config.seed)) if state is None else state
     if int(state.step):
         print(f"resuming {path} at meta-step {int(state.step)}")
     while int(state.step) < config.num_meta_steps:
         start = time.time()
         length = min(config.checkpoint_every, config.num_meta_steps - int(state.step))
-        state, metrics = jax.block_until_ready(run_chunk(state, length))
+        state, metrics = jax.block_until_ready(training.run_chunk(state, length))
         save_checkpoint(path, config, state)
-        means = {k: float(np.nanmean(v)) for k, v in metrics.items()}  # over the chunk's meta-steps
+        means = {k: np.nanmean(np.asarray(v), 0) for k, v in metrics.items()}  # over the chunk's meta-steps
+        returns = "  ".join(f"{name} {r:.2f}" for name, r in zip(task_names(config), means["train_return"]))
         print(f"meta-step {int(state.step)}/{config.num_meta_steps}  outer loss {means['outer_loss']:.4f}  "
-              f"train return {means['train_return']:.2f}  meta-grad norm {means['grad_norm']:.3g}  "
+              f"train return {returns}  meta-grad norm {means['grad_norm']:.3g}  "
               f"skipped {int(state.skipped)}  ({time.time() - start:.1f} s)", flush=True)
     return state
 
@@ -374,12 +525,14 @@ def confidence_interval(values, level=0.90):
 
 
 def evaluate(config, meta_params, out_dir):
-    """Train fresh A2C agents on the evaluation env with the learned optimizer, the untrained one (sign-SGD), Adam and
-    RMSprop, N seeds each at one learning rate (eval_agent_config); print the mean final return with 90% CIs, plot
-    the training curves and write both next to the checkpoint."""
+    """Train fresh agents on the evaluation env (A2C; PPO on Brax, Sec. 6.2) with the learned optimizer, the untrained
+    one (sign-SGD), Adam and RMSprop, N seeds each at one learning rate (eval_agent_config); print the mean final
+    return with 90% CIs, plot the training curves and write both next to the checkpoint."""
     validate(config)
     agent_cfg = eval_agent_config(config)
-    optimizer_fn = make_optimizer_fn(config)
+    algorithm = eval_algorithm(config)
+    make_train = {"a2c": a2c.make_train, "ppo": ppo.make_train}[algorithm]
+    optimizer_fn = make_optimizer_fn(replace(config, remat=False))
     lr = jnp.float32(agent_cfg.learning_rate)
     runs = {"Optim4RL (learned)": (optimizer_fn, {"meta": meta_params, "learning_rate": lr}),
             "Optim4RL (init)": (optimizer_fn, {"meta": init_meta_params(config, jax.random.PRNGKey(config.seed)),
@@ -387,39 +540,39 @@ def evaluate(config, meta_params, out_dir):
             "Adam": (hand_designed("adam"), hyperparameters(agent_cfg)),
             "RMSprop": (hand_designed("rmsprop"), hyperparameters(agent_cfg))}
     seeds = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds))
-    steps_per_update = agent_cfg.num_envs * agent_cfg.rollout_length
-    print(f"\n{agent_cfg.env_name}: A2C, {agent_cfg.total_timesteps:,} env steps x {config.eval_seeds} seeds, "
+    print(f"\n{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps x "
+          f"{config.eval_seeds} seeds, "
           f"lr {agent_cfg.learning_rate}; final return = mean over {agent_cfg.eval_episodes} episodes")
     results, trains = {}, {}  # one compiled program per optimizer function
     for name, (fn, optimizer_params) in runs.items():
         start = time.time()
-        train = trains.setdefault(fn, jax.jit(jax.vmap(a2c.make_train(agent_cfg, fn), in_axes=(0, None))))
+        train = trains.setdefault(fn, jax.jit(jax.vmap(make_train(agent_cfg, fn), in_axes=(0, None))))
         out = train(seeds, optimizer_params)
         final, curve = np.asarray(out["final_return"]), np.asarray(out["metrics"]["episode_return"])
         mean, half = confidence_interval(final)
         results[name] = {"final_returns": final.tolist(), "mean": mean, "ci90": half, "curve": curve}
         print(f"  {name:20s} mean final return {mean:6.3f} +- {half:.3f} (90% CI)   ({time.time() - start:.0f} s)")
     name = os.path.join(out_dir, f"eval_{agent_cfg.env_name}")
-    plot_curves(results, steps_per_update, agent_cfg.env_name, name + ".png")
+    plot_curves(results, steps_per_update(agent_cfg), agent_cfg.env_name, name + ".png")
     with open(name + ".json", "w") as f:
         json.dump({k: {m: v for m, v in r.items() if m != "curve"} for k, r in results.items()}, f, indent=1)
     print(f"  curves: {name}.png")
     return results
 
 
-def plot_curves(results, steps_per_update, env_name, path):
+def plot_curves(results, update_steps, env_name, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in results.items():
         curve = r["curve"]  # (seeds, updates): each seed's latest completed episode return
-        steps = np.arange(1, curve.shape[1] + 1) * steps_per_update
+        steps = np.arange(1, curve.shape[1] + 1) * update_steps
         ok = np.isfinite(curve).all(0)
         mean, half = confidence_interval(curve[:, ok])
         ax.plot(steps[ok], mean, label=name)
         ax.fill_between(steps[ok], mean - half, mean + half, alpha=0.2)
-    ax.set(xlabel="env steps", ylabel="training return", title=f"A2C on {env_name} (mean, 90% CI)")
+    ax.set(xlabel="env steps", ylabel="training return", title=f"{env_name} (mean, 90% CI)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -26,9 +26,10 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_F
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 import argparse
+import functools
 import time
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import distrax
 import flax.linen as nn
@@ -308,12 +309,24 @@ def evaluate(env, env_params, act, rng, num_episodes, max_steps):
     return total.mean()
 
 
-def make_train(config, optimizer_fn):
-    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}.
-    An optimizer whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets
-    their per-update means (over epochs and minibatches) reported as metrics["optimizer"][network name]."""
+class Agent(NamedTuple):
+    """The pieces of PPO, each a pure function of its arguments (env, networks and config bound in), like a2c.Agent."""
+    networks: dict  # {"actor": MLP, "critic": MLP}
+    init: Callable  # rng -> (params, env_state, obs)
+    rollout: Callable  # (params, env_state, obs, rng) -> (batch with GAE advantages and targets, env_state, obs)
+    loss: Callable  # (params, batch, last_obs) -> (loss, activations)
+    update: Callable  # (params, opt_state, env_state, obs, rng, optimizer, training_proportion) -> (..., metrics)
+    act: Callable  # (params, obs, rng) -> actions
+    env: object
+    env_params: object
+
+
+def make_agent(config, env_params=None):
+    """PPO's pieces for `make_train` and for meta-gradients through PPO updates (optim4rl_metagrad.py). The optimizer
+    state is one state per network: {name: optimizer.init(params[name])}."""
     validate(config)
     env, default_env_params = make_env(config.env_name, config.brax_backend, config.episode_length)
+    env_params = default_env_params if env_params is None else env_params
     continuous = isinstance(env.action_space(default_env_params), spaces.Box)
     action_space = env.action_space(default_env_params)
     out = 2 * action_space.shape[0] if continuous else action_space.n
@@ -321,10 +334,8 @@ def make_train(config, optimizer_fn):
     critic_depth = config.depth if config.critic_depth is None else config.critic_depth
     critic = MLP(config.width, critic_depth, 1, config.activation, out_scale=1.0)
     networks = {"actor": actor, "critic": critic}
-    num_updates = config.total_timesteps // (config.num_envs * config.num_steps)
     batch_size = config.num_envs * config.num_steps
     minibatch_size = batch_size // config.num_minibatches
-    eval_max_steps = config.eval_max_steps or int(default_env_params.max_steps_in_episode)
     clip_gradient = optax.clip_by_global_norm(config.max_grad_norm)
     vmapped_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -345,91 +356,120 @@ def make_train(config, optimizer_fn):
         loss = actor_loss + config.vf_coef * value_loss - config.ent_coef * pi.entropy().mean()
         return loss, {"actor": actor_activations, "critic": critic_activations}
 
-    def train(rng, optimizer_params, env_params=None):
-        env_params = default_env_params if env_params is None else env_params
-        optimizer = optimizer_fn(optimizer_params)
-        seed_tag = rng[-1]
-        rng, actor_key, critic_key, reset_key = jax.random.split(rng, 4)
+    def init(rng):
+        actor_key, critic_key, reset_key = jax.random.split(rng, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, config.num_envs),
                                                                 env_params)
-        params = {"actor": actor.init(actor_key, obs), "critic": critic.init(critic_key, obs)}
-        opt_state = {name: optimizer.init(p) for name, p in params.items()}
+        return {"actor": actor.init(actor_key, obs), "critic": critic.init(critic_key, obs)}, env_state, obs
 
-        def env_step(carry, key):
-            params, env_state, obs = carry
-            action_key, env_key = jax.random.split(key)
-            pi = action_distribution(actor.apply(params["actor"], obs)[0], continuous)
-            action = pi.sample(seed=action_key)
-            next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
-                jax.random.split(env_key, config.num_envs), env_state, action, env_params)
-            bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
-            reward = reward * config.reward_scale + config.gamma * value_of(params, info["final_observation"]) \
-                * bootstrap
-            step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
-                        reward=reward, done=(terminated | truncated).astype(jnp.float32))
-            return (params, env_state, next_obs), step
+    def env_step(carry, key):
+        params, env_state, obs = carry
+        action_key, env_key = jax.random.split(key)
+        pi = action_distribution(actor.apply(params["actor"], obs)[0], continuous)
+        action = pi.sample(seed=action_key)
+        next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
+            jax.random.split(env_key, config.num_envs), env_state, action, env_params)
+        bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
+        reward = reward * config.reward_scale + config.gamma * value_of(params, info["final_observation"]) \
+            * bootstrap
+        step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
+                    reward=reward, done=(terminated | truncated).astype(jnp.float32))
+        return (params, env_state, next_obs), step
+
+    def rollout(params, env_state, obs, rng):
+        """`num_steps` steps of every env, flattened into one batch with GAE advantages and targets (no gradient)."""
+        (_, env_state, obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
+                                                    jax.random.split(rng, config.num_steps))
+        advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, obs),
+                                config.gamma, config.gae_lambda)
+        batch = {k: rollout[k] for k in ("obs", "action", "log_prob", "value")}
+        batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),
+                             dict(batch, advantage=advantage, target=target))
+        return jax.lax.stop_gradient(batch), env_state, obs
+
+    def loss(params, batch, last_obs):
+        return loss_fn(params, batch)
+
+    def update(params, opt_state, env_state, obs, rng, optimizer, training_proportion):
+        """One PPO update: a fresh rollout, then `update_epochs` epochs of `num_minibatches` optimizer steps."""
+        rollout_key, epoch_key = jax.random.split(rng)
+        batch, env_state, obs = rollout(params, env_state, obs, rollout_key)
+
+        def epoch(carry, inputs):
+            epoch_index, key = inputs
+            permutation_key, minibatch_key = jax.random.split(key)
+            shuffled = jax.tree.map(
+                lambda x: jax.random.permutation(permutation_key, x).reshape(
+                    (config.num_minibatches, minibatch_size) + x.shape[1:]), batch)
+
+            def minibatch(carry, inputs):
+                params, opt_state = carry
+                mb, key = inputs
+                (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+                new_params, new_opt_state = {}, {}
+                for name, net_key in zip(networks, jax.random.split(key)):
+                    actor_layers = params[name]["params"] if name == "actor" else ()
+                    context = optimizer_context(params[name], activations[name], networks[name].layer_proportions,
+                                                actor_layers, training_proportion,
+                                                epoch_index / config.update_epochs, net_key)
+                    grad, _ = clip_gradient.update(grads[name], clip_gradient.init(grads[name]))
+                    updates, new_opt_state[name] = optimizer.update(grad, opt_state[name], params[name], **context)
+                    new_params[name] = optax.apply_updates(params[name], updates)
+                dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
+                                              for n, a in activations["actor"].items() if n != "output"]))
+                reported = {name: s["metrics"] for name, s in new_opt_state.items()
+                            if isinstance(s, dict) and "metrics" in s}  # see make_train's docstring
+                return (new_params, new_opt_state), {"loss": loss, "dormant_fraction": dormant,
+                                                     "optimizer": reported}
+
+            carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
+                                                                                       config.num_minibatches)))
+            return carry, stats
+
+        (params, opt_state), stats = jax.lax.scan(
+            epoch, (params, opt_state),
+            (jnp.arange(config.update_epochs), jax.random.split(epoch_key, config.update_epochs)))
+        metrics = {"episode_return": last_episode_return(env_state), "loss": stats["loss"].mean(),
+                   "dormant_fraction": stats["dormant_fraction"][-1, -1]}
+        if stats["optimizer"]:
+            metrics["optimizer"] = jax.tree.map(lambda x: x.mean((0, 1)), stats["optimizer"])
+        return params, opt_state, env_state, obs, metrics
+
+    def act(params, obs, rng):
+        return action_distribution(actor.apply(params["actor"], obs)[0], continuous).sample(seed=rng)
+
+    return Agent(networks, init, rollout, loss, update, act, env, env_params)
+
+
+def make_train(config, optimizer_fn):
+    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}.
+    An optimizer whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets
+    their per-update means (over epochs and minibatches) reported as metrics["optimizer"][network name]."""
+    num_updates = config.total_timesteps // (config.num_envs * config.num_steps)
+    probe = make_agent(config)  # validates the config and builds the env before anything is traced
+    eval_max_steps = config.eval_max_steps or int(probe.env_params.max_steps_in_episode)
+
+    def train(rng, optimizer_params, env_params=None):
+        agent = make_agent(config, env_params)
+        optimizer = optimizer_fn(optimizer_params)
+        seed_tag = rng[-1]
+        rng, init_key = jax.random.split(rng)
+        params, env_state, obs = agent.init(init_key)
+        opt_state = {name: optimizer.init(p) for name, p in params.items()}
 
         def update(carry, update_index):
             params, opt_state, env_state, obs, rng = carry
-            rng, rollout_key, epoch_key = jax.random.split(rng, 3)
-            (_, env_state, obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
-                                                        jax.random.split(rollout_key, config.num_steps))
-            advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, obs),
-                                    config.gamma, config.gae_lambda)
-            batch = {k: rollout[k] for k in ("obs", "action", "log_prob", "value")}
-            batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),
-                                 dict(batch, advantage=advantage, target=target))
-            training_proportion = update_index / num_updates
-
-            def epoch(carry, inputs):
-                epoch_index, key = inputs
-                permutation_key, minibatch_key = jax.random.split(key)
-                shuffled = jax.tree.map(
-                    lambda x: jax.random.permutation(permutation_key, x).reshape(
-                        (config.num_minibatches, minibatch_size) + x.shape[1:]), batch)
-
-                def minibatch(carry, inputs):
-                    params, opt_state = carry
-                    mb, key = inputs
-                    (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
-                    new_params, new_opt_state = {}, {}
-                    for name, net_key in zip(networks, jax.random.split(key)):
-                        actor_layers = params[name]["params"] if name == "actor" else ()
-                        context = optimizer_context(params[name], activations[name], networks[name].layer_proportions,
-                                                    actor_layers, training_proportion,
-                                                    epoch_index / config.update_epochs, net_key)
-                        grad, _ = clip_gradient.update(grads[name], clip_gradient.init(grads[name]))
-                        updates, new_opt_state[name] = optimizer.update(grad, opt_state[name], params[name], **context)
-                        new_params[name] = optax.apply_updates(params[name], updates)
-                    dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
-                                                  for n, a in activations["actor"].items() if n != "output"]))
-                    reported = {name: s["metrics"] for name, s in new_opt_state.items()
-                                if isinstance(s, dict) and "metrics" in s}  # see make_train's docstring
-                    return (new_params, new_opt_state), {"loss": loss, "dormant_fraction": dormant,
-                                                         "optimizer": reported}
-
-                carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
-                                                                                           config.num_minibatches)))
-                return carry, stats
-
-            (params, opt_state), stats = jax.lax.scan(
-                epoch, (params, opt_state),
-                (jnp.arange(config.update_epochs), jax.random.split(epoch_key, config.update_epochs)))
-            metrics = {"episode_return": last_episode_return(env_state), "loss": stats["loss"].mean(),
-                       "dormant_fraction": stats["dormant_fraction"][-1, -1]}
-            if stats["optimizer"]:
-                metrics["optimizer"] = jax.tree.map(lambda x: x.mean((0, 1)), stats["optimizer"])
+            rng, key = jax.random.split(rng)
+            params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
+                                                                      optimizer, update_index / num_updates)
             if config.log_every:
                 log_progress(seed_tag, update_index, num_updates, metrics, config.log_every)
             return (params, opt_state, env_state, obs, rng), metrics
 
         (params, *_, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
                                                   jnp.arange(num_updates))
-
-        def act(obs, key):
-            return action_distribution(actor.apply(params["actor"], obs)[0], continuous).sample(seed=key)
-
-        final_return = evaluate(env, env_params, act, rng, config.eval_episodes, eval_max_steps)
+        final_return = evaluate(agent.env, agent.env_params, functools.partial(agent.act, params), rng,
+                                config.eval_episodes, eval_max_steps)
         return {"metrics": metrics, "final_return": final_return, "params": params}
 
     return train

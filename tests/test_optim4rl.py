@@ -84,6 +84,21 @@ def test_initial_optimizer_is_sign_sgd_with_processed_inputs_and_linear_optim_is
     update, state = tx.update(g, tx.init(g))
     np.testing.assert_allclose(update, -1e-3 * g, rtol=1e-6)  # LinearOptim starts as SGD
     assert state.hidden.shape == (50, 1, 8)  # one GRU
+    l2l = replace(config, architecture="l2lgd2")
+    tx = optimizer(l2l, om.init_meta_params(l2l, jax.random.PRNGKey(0)), 1e-3)
+    update, state = tx.update(g, tx.init(g))
+    np.testing.assert_allclose(update, -1e-3 * g, rtol=1e-6)  # L2LGD^2 starts as SGD
+    assert state.hidden.shape == (50, 1, 8)
+
+
+def test_l2lgd2_preprocessing_and_update_match_hand_computation():
+    g = jnp.array([0.5, -1e-3, 1e-6, -2e-5, 0.0])  # log|g| / 10 = -0.07, -0.69, -1.38, -1.08, -41.4
+    expected = [[np.log(0.5) / 10, 1.0], [np.log(1e-3) / 10, -1.0], [-1.0, np.exp(10.0) * 1e-6],
+                [-1.0, -np.exp(10.0) * 2e-5], [-1.0, 0.0]]
+    np.testing.assert_allclose(om.l2l_preprocess(g, jnp.log(jnp.abs(g) + 1e-18)), expected, rtol=1e-5)
+    o = jnp.array([[0.3], [-1.0], [0.0], [2.0], [1.0]])
+    np.testing.assert_allclose(om.parameter_update("l2lgd2", g, o, 0.01), -0.01 * np.exp(o[:, 0]) * np.asarray(g),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("gradient_processing", [True, False])
@@ -118,7 +133,7 @@ def test_meta_training_resets_units_on_schedule(trained):
     age = np.zeros(config.num_units, int)
     for t in range(config.num_meta_steps):
         age = np.where(om.reset_mask(t, offsets, config.reset_interval, True), 0, age) + 1
-    np.testing.assert_array_equal(state.units.age, age)
+    np.testing.assert_array_equal(state.units[0].age, age)
     assert len(set(age.tolist())) == config.reset_interval  # units are spread over a whole training interval
 
 
@@ -160,7 +175,74 @@ def test_meta_gradient_matches_finite_differences():
         assert float(jnp.abs(grads["params"]["gru1"]["hr"]["kernel"]).max()) > 0  # through the hidden states
 
 
+def test_multi_task_meta_gradient_is_the_mean_of_the_single_task_meta_gradients():
+    base = replace(om.Optim4RLConfig(), env_name="small_dense_short", num_units=2, envs_per_unit=1, inner_updates=1)
+    tasks = ("small_dense_short", "big_dense_short")
+    training = om.make_meta_training(replace(base, tasks=tasks))
+    state = training.init_state(jax.random.PRNGKey(0))
+    meta = randomized(state.meta_params)
+    keys = jax.random.split(jax.random.PRNGKey(1), (2, base.num_units))
+    (loss, (units, returns)), grads = training.meta_gradient(meta, state.units, keys)
+    singles = [om.make_meta_training(replace(base, tasks=(name,))).meta_gradient(meta, (state.units[i],), keys[i:i + 1])
+               for i, name in enumerate(tasks)]
+    np.testing.assert_allclose(loss, (singles[0][0][0] + singles[1][0][0]) / 2, rtol=1e-5)
+    for i, single in enumerate(singles):  # the same data: each task's units end where its single-task run ends
+        for a, b in zip(jax.tree.leaves(single[0][1][0][0].params), jax.tree.leaves(units[i].params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, singles[0][1], singles[1][1])
+    for multi, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(mean)):
+        np.testing.assert_allclose(multi, expected, rtol=1e-4, atol=1e-9)
+    assert float(optax.tree.norm(jax.tree.map(jnp.subtract, grads, singles[0][1]))) > 1e-3 * float(
+        optax.tree.norm(grads))  # the second task does contribute
+
+
+def test_rematerialised_and_unit_chunked_meta_gradient_equals_plain():
+    plain = replace(TINY, num_units=4, envs_per_unit=2, inner_updates=2)
+    memory_saving = replace(plain, remat=True, remat_chunk=300, unit_chunk=2)  # 1,764 Catch parameters: 6 chunks
+    state = om.make_meta_training(plain).init_state(jax.random.PRNGKey(0))
+    meta = randomized(state.meta_params)
+    keys = jax.random.split(jax.random.PRNGKey(1), (1, plain.num_units))
+    (loss, (units, _)), grads = om.make_meta_training(plain).meta_gradient(meta, state.units, keys)
+    (remat_loss, (remat_units, _)), remat_grads = om.make_meta_training(memory_saving).meta_gradient(
+        meta, state.units, keys)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(remat_units), jax.tree.leaves(units)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(optax.tree.norm(grads)) > 0
+    for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    tx = optimizer(memory_saving, meta, 1e-3)
+    jaxpr = str(jax.make_jaxpr(lambda g: tx.update(g, tx.init(g)))(jnp.ones(1764)))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
 # ----------------------------------------------------------------------------------------------- meta-training
+@pytest.mark.parametrize("architecture, pipeline", [("linear_optim", True), ("l2lgd2", True), ("optim4rl", False)])
+def test_ablations_meta_train_tiny_agents_without_nan(architecture, pipeline, tmp_path):
+    config = replace(TINY, architecture=architecture, pipeline=pipeline, num_units=4, envs_per_unit=4,
+                     inner_updates=2, reset_interval=2, num_meta_steps=4, checkpoint_every=4, run_dir=str(tmp_path))
+    state = om.meta_train(config)
+    assert int(state.skipped) == 0  # every meta-gradient was finite
+    units = state.units[0]
+    np.testing.assert_array_equal(units.age, [2, 2, 2, 1] if pipeline else [4] * 4)  # no resets without pipeline
+    fresh = om.make_meta_training(config).init_state(jax.random.PRNGKey(config.seed)).units[0]
+    for trained_leaf, fresh_leaf in zip(jax.tree.leaves(units.params), jax.tree.leaves(fresh.params)):
+        assert np.isfinite(trained_leaf).all()
+        assert not np.array_equal(trained_leaf, fresh_leaf)  # the learned optimizer trained the unit agents
+    assert not leaves_equal(state.meta_params, om.init_meta_params(config, jax.random.PRNGKey(config.seed)))
+
+
+def test_tiny_ppo_meta_step_runs_on_catch():
+    config = replace(TINY, algorithm="ppo", num_units=2, envs_per_unit=4, inner_updates=1, unit_chunk=1, remat=True)
+    training = om.make_meta_training(config)
+    state = training.init_state(jax.random.PRNGKey(0))
+    assert set(state.units[0].opt_state) == {"actor", "critic"}  # one optimizer state per network, as in ppo.py
+    after, metrics = training.run_chunk(state, 2)
+    assert int(after.skipped) == 0 and np.isfinite(np.asarray(metrics["outer_loss"])).all()
+    assert float(jnp.max(metrics["grad_norm"])) > 0
+    assert not leaves_equal(after.meta_params, state.meta_params)
+
+
 def test_short_meta_training_improves_the_learned_optimizer(trained):
     config, state = trained
     train = jax.jit(jax.vmap(a2c.make_train(om.eval_agent_config(config), om.make_optimizer_fn(config)),
@@ -270,17 +352,24 @@ def test_learned_optimizer_trains_ppo_through_the_interface(trained):
     config, state = trained
     ppo_config = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=4, num_steps=16, total_timesteps=128,
                          num_minibatches=2, update_epochs=1, eval_episodes=2, log_every=0)
-    out = jax.jit(ppo.make_train(ppo_config, om.make_optimizer_fn(config)))(
-        jax.random.PRNGKey(0), {"meta": state.meta_params, "learning_rate": jnp.float32(1e-3)})
+    optimizer_fn, optimizer_params = om.learned_optimizer(config.run_dir, learning_rate=1e-3)
+    assert float(optimizer_params["learning_rate"]) == np.float32(1e-3)
+    assert float(om.learned_optimizer(config.run_dir)[1]["learning_rate"]) == np.float32(config.agent_lr)
+    out = jax.jit(ppo.make_train(ppo_config, optimizer_fn))(jax.random.PRNGKey(0), optimizer_params)
     assert np.isfinite(float(out["final_return"]))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(out["params"]))
 
 
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("field, value, message", [
-    ("architecture", "lstm", "unknown architecture 'lstm'; valid: optim4rl, linear_optim"),
+    ("architecture", "lstm", "unknown architecture 'lstm'; valid: optim4rl, linear_optim, l2lgd2"),
+    ("algorithm", "dqn", "unknown algorithm 'dqn'; valid: a2c, ppo"),
     ("env_name", "Pong-v5", "unknown env_name 'Pong-v5'"),
-    ("eval_env", "ant", "unknown env_name 'ant' for A2C"),
+    ("eval_env", "Pong-v5", "unknown env_name 'Pong-v5' for A2C"),
+    ("tasks", ("big_dense_long", "Catch-bsuite"), "tasks must be distinct Optim4RL gridworlds"),
+    ("tasks", ("big_dense_long", "big_dense_long"), "tasks must be distinct Optim4RL gridworlds"),
+    ("unit_chunk", 3, "unit_chunk must be 0 or divide num_units = 16, got 3"),
+    ("remat_chunk", 0, "remat_chunk must be positive, got 0"),
     ("reset_interval", 0, "reset_interval must be at least 1, got 0"),
     ("num_units", 0, "num_units must be positive, got 0"),
     ("envs_per_unit", -2, "envs_per_unit must be positive, got -2"),
