@@ -82,25 +82,26 @@ class Optim4RLConfig:
     eval_timesteps: int = 500_000  # env steps of each evaluation run (the authors' Catch runs: 5e5)
 
 
-# Gridworld meta-training at paper scale (App. C.3-C.4): n = 512 units of one env each; m from {72, 144, 288, 576}.
+# Gridworld meta-training at paper scale (App. C.3-C.4): n = 512 units of one env each; m from {72, 144, 288, 576};
+# evaluated over a2c.py's 3e7-step gridworld runs.
 GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
-                 remat=True, unit_chunk=64)
+                 remat=True, unit_chunk=64, eval_timesteps=30_000_000)
+# PPO on Brax (App. C.3, ppo.py's *_optim4rl presets: 8 minibatches, value net [64] * 5): 2048 envs in all, as 16
+# vmapped units of 128 envs; m from {32, ..., 512}; evaluated over 5e7-step runs.
+BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
+            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=50_000_000)
 PRESETS = {
     "default": {},
     "catch": {},
     "catch_m64": dict(reset_interval=64),
     "catch_one_env": dict(envs_per_unit=1),  # one env a unit, as the authors' code
     "no_pipeline": dict(pipeline=False),
-    **{f"{name}{suffix}": dict(GRIDWORLD, env_name=name, agent_lr=lr, pipeline=not suffix,
-                               run_dir=f"runs/optim4rl_{name}{suffix}")  # Table 1's gridworld columns
-       for name, lr in (("small_dense_long", 1e-3), ("big_dense_long", 3e-3)) for suffix in ("", "_no_pipeline")},
+    **{f"{name}{suffix}": dict(settings, env_name=name, pipeline=not suffix, run_dir=f"runs/optim4rl_{name}{suffix}")
+       for name, settings in (("small_dense_long", dict(GRIDWORLD, agent_lr=1e-3)),
+                              ("big_dense_long", dict(GRIDWORLD, agent_lr=3e-3)), ("ant", BRAX), ("humanoid", BRAX))
+       for suffix in ("", "_no_pipeline")},  # Table 1
     "six_gridworlds": dict(GRIDWORLD, env_name="big_dense_long", tasks=gridworld.OPTIM4RL_LEVELS, agent_lr=3e-3,
                            run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4
-    # PPO on Brax (App. C.3, ppo.py's *_optim4rl presets: 8 minibatches, value net [64] * 5): 2048 envs in all, as
-    # 16 vmapped units of 128 envs; m from {32, ..., 512}
-    **{name: dict(algorithm="ppo", env_name=name, agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128,
-                  num_meta_steps=1000, checkpoint_every=10, remat=True, unit_chunk=4, run_dir=f"runs/optim4rl_{name}")
-       for name in ("ant", "humanoid")},
 }
 ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the MLP head on each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
