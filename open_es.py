@@ -30,6 +30,27 @@ import os
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+import sys
+
+
+def start_distributed(argv):
+    """Multi-host: join jax.distributed before anything starts the XLA backend (importing gymnax does), so the script
+    reads OpenConfig's --coordinator, --num-processes and --process-id here, ahead of the other imports."""
+    import argparse
+    import jax
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--coordinator", default="")
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    args = parser.parse_known_args(argv)[0]
+    if args.coordinator:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
+        jax.distributed.initialize(*(() if args.coordinator == "auto" else
+                                     (args.coordinator, args.num_processes, args.process_id)))
+
+
+if __name__ == "__main__":
+    start_distributed(sys.argv[1:])
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -90,9 +111,11 @@ class OpenConfig:
     generalisation: bool = False  # with eval: Figures 4 and 16, OPEN / Adam on GRID_EVAL_LEVELS, widths, lengths
     eval_widths: tuple[int, ...] = (8, 16, 32, 64, 128)  # agent widths of that evaluation (Figure 4)
     eval_lengths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # training lengths, x total_timesteps (Figure 16)
-    coordinator: str = ""  # multi-host: host:port of process 0 for jax.distributed ("auto": detect, e.g. SLURM)
-    num_processes: int = 1  # multi-host: number of processes
-    process_id: int = 0  # multi-host: this process's index
+    # Multi-host (jax.distributed, joined by `start_distributed` when run as a script): host:port of process 0
+    # ("auto": detected, e.g. SLURM), the number of processes and this one's index.
+    coordinator: str = ""
+    num_processes: int = 1
+    process_id: int = 0
 
 
 OPTIMIZERS = ("open", "no_features", "optim4rl")
@@ -532,7 +555,8 @@ def meta_train(config):
     save_atomic(os.path.join(config.out_dir, "optimizer.msgpack"), {
         "config": json.dumps(asdict(config)), "meta_params": serialization.to_state_dict(best["meta_params"]),
         "generation": best["generation"], "held_out_return": best["return"]})
-    plot_fitness(history, os.path.join(config.out_dir, "fitness.png"))
+    if jax.process_index() == 0:
+        plot_fitness(history, os.path.join(config.out_dir, "fitness.png"))
     return best["meta_params"], history
 
 
@@ -625,10 +649,6 @@ def generalisation(config, meta_params, out_dir):
 
 
 def main(config):
-    if config.coordinator:  # before anything touches a device
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
-        jax.distributed.initialize(*(() if config.coordinator == "auto" else
-                                     (config.coordinator, config.num_processes, config.process_id)))
     validate(config)
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
@@ -641,7 +661,7 @@ def main(config):
     meta_params, _ = meta_train(config)
     print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "
           f"{os.path.join(config.out_dir, 'optimizer.msgpack')}")
-    for task in config.tasks or (config.ppo.env_name,):
+    for task in (config.tasks or (config.ppo.env_name,)) if jax.process_index() == 0 else ():
         report(replace(config, ppo=replace(config.ppo, env_name=task)), meta_params,
                os.path.join(config.out_dir, task) if config.tasks else config.out_dir)
 

@@ -165,6 +165,11 @@ def test_a_checkpoint_of_another_size_is_refused(tmp_path):
     (dict(ppo=replace(open_es.CATCH, env_name="Pong")), "unknown env_name 'Pong'"),
     (dict(eval="missing/optimizer.msgpack"), "missing/optimizer.msgpack"),
     (dict(gru_size=0), "gru_size must be positive"),
+    (dict(optimizer="velo"), "unknown optimizer 'velo'; valid: open, no_features, optim4rl"),
+    (dict(ablate=("momentum",)), "unknown ablation 'momentum'"),
+    (dict(optimizer="optim4rl", separated=True), "not 'optim4rl'"),
+    (dict(task_sampling=True), "task_sampling needs a gridworld distribution, got 'Catch-bsuite'"),
+    (dict(tasks=("Catch-bsuite",), adam_returns=(-1.0,)), "must be positive"),
 ])
 def test_bad_input_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
