@@ -152,7 +152,7 @@ def best_setting(settings, returns):
     """The setting with the highest mean final return over seeds; a setting with a non-finite return never wins."""
     means = np.where(np.isfinite(returns).all(1), np.asarray(returns).mean(1), -np.inf)
     best = int(np.argmax(means))
-    return {k: float(v[best]) for k, v in settings.items()}, float(means[best])
+    return {k: float(str(v[best])) for k, v in settings.items()}, float(means[best])  # str: 0.9, not 0.899999976
 
 
 def tune_keys(config, num):
