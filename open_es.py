@@ -3,6 +3,8 @@
     python open_es.py                        # meta-train on Catch on a laptop CPU (~10 min), then evaluate vs Adam
     python open_es.py --preset breakout      # OPEN's MinAtar setting (Tables 3, 4, 7): for GPUs
     python open_es.py --eval runs/open_catch/optimizer.msgpack --ppo.env-name Catch-bsuite
+    python open_es.py --preset multitask     # the four MinAtar games at once (Sec. 6.3); --preset gridworld (App. D)
+    python open_es.py --preset no_features   # a learned baseline on Catch; also optim4rl, --ablate dormancy, ...
 
 The optimizer (Section 5.1, Appendix B): per parameter, 19 inputs (gradient and six momenta as sign and log|.|,
 normalised per tensor; parameter value; training and batch proportion; dormancy; layer proportion) go through a
@@ -557,7 +559,7 @@ def meta_train(config):
         "generation": best["generation"], "held_out_return": best["return"]})
     if jax.process_index() == 0:
         plot_fitness(history, os.path.join(config.out_dir, "fitness.png"))
-    return best["meta_params"], history
+    return jax.tree.map(np.asarray, best["meta_params"]), history  # host values: not tied to other processes
 
 
 def plot_fitness(history, path):
