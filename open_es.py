@@ -598,7 +598,7 @@ def report(config, meta_params, out_dir):
     scores = {name: run["final"][:, None] for name, run in runs.items()}
     aggregate = lambda x: np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])  # noqa: E731
     points, intervals = rly.get_interval_estimates(scores, aggregate, reps=2000)
-    lines = [f"# OPEN vs Adam on {config.ppo.env_name}", "",
+    lines = [f"# {LABELS[config.optimizer]} vs Adam on {config.ppo.env_name}", "",
              f"PPO {config.ppo.total_timesteps:,} steps, {config.eval_seeds} held-out seeds; 95% stratified "
              f"bootstrap CIs (rliable).", "", "| optimizer | IQM final return | mean final return |", "|---|---|---|"]
     for name in runs:
