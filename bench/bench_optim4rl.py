@@ -3,7 +3,8 @@ Adam (64 envs, the evaluation setting). Compile excluded.
 
     python bench/bench_optim4rl.py                                      # Catch preset (64 units x 16 envs)
     python bench/bench_optim4rl.py --preset big_dense_long --units 64 256 512 --meta-steps 1
-    python bench/bench_optim4rl.py --preset big_dense_long --units 64 --no-remat
+    python bench/bench_optim4rl.py --preset big_dense_long --units 64 512 --plain --compile-only --updates 0
+    python bench/bench_optim4rl.py --preset big_dense_long --meta-steps 0           # A2C speeds only
 
 With several --units, each size runs in its own subprocess, so that each peak resident memory (ru_maxrss) is that
 size's alone. --compile-only reports XLA's memory plan without running (for sizes that do not fit in memory).
@@ -49,6 +50,7 @@ def meta_training(config, meta_steps, compile_only):
     agent_params = sum(x.size for x in jax.tree.leaves(state.units[0].params)) // config.num_units
     print(f"{config.env_name}: {config.num_units} units x {config.envs_per_unit} envs, M = {config.inner_updates}, "
           f"{agent_params:,} agent parameters a unit, remat {config.remat} (chunk {config.remat_chunk}), "
+          f"unit_chunk {config.unit_chunk}, "
           f"{jax.devices()[0].device_kind}")
     print(f"  compile              : {compile_seconds:12.1f} s")
     print(f"  meta-step            : {seconds:12.2f} s ({env_steps / seconds:,.0f} env steps/s)")
@@ -78,19 +80,19 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="catch")
     parser.add_argument("--units", type=int, nargs="*", default=[], help="num_units (default: the preset's)")
-    parser.add_argument("--meta-steps", type=int, default=10)
+    parser.add_argument("--meta-steps", type=int, default=10, help="meta-steps a chunk (0: skip meta-training)")
     parser.add_argument("--updates", type=int, default=100, help="A2C updates of the speed comparison (0: skip)")
-    parser.add_argument("--no-remat", action="store_true")
+    parser.add_argument("--plain", action="store_true", help="no remat and no unit chunks (for comparison)")
     parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args()
-    config = replace(om.Optim4RLConfig(), **om.PRESETS[args.preset], **({"remat": False} if args.no_remat else {}))
+    config = replace(om.Optim4RLConfig(), **om.PRESETS[args.preset], **({"remat": False, "unit_chunk": 0} if args.plain else {}))
     om.validate(config)
     if len(args.units) > 1:  # one subprocess per size: each peak RSS is that size's alone
         flags = ["--preset", args.preset, "--meta-steps", str(args.meta_steps)] + \
-            ["--no-remat"] * args.no_remat + ["--compile-only"] * args.compile_only
+            ["--plain"] * args.plain + ["--compile-only"] * args.compile_only
         for units in args.units:
             subprocess.run([sys.executable, __file__, *flags, "--units", str(units), "--updates", "0"], check=True)
-    else:
+    elif args.meta_steps:
         meta_training(replace(config, num_units=(args.units or [config.num_units])[0]), args.meta_steps,
                       args.compile_only)
     if args.updates:  # the speed of an update does not depend on the meta-parameters' values
