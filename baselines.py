@@ -55,7 +55,8 @@ class BaselinesConfig:
     tune_seeds: int = 4  # seeds per setting (App. C.2: 4; 8 in the gridworld)
     settings_per_batch: int = 0  # settings vmapped at once within the sweep's program (0: all); less memory if > 0
     eval_seeds: int = 16  # held-out seeds per optimizer and task in the report (OPEN Fig. 9: 16)
-    learned: tuple[str, ...] = ("trained/open_catch.msgpack",)  # learned optimizers in the report
+    learned: tuple[str, ...] = ("trained/open_catch.msgpack", "trained/no_features_catch.msgpack",
+                                "trained/optim4rl_es_catch.msgpack")  # learned optimizers in the report
     bootstrap_reps: int = 2000  # stratified bootstrap resamples of the confidence intervals
     tuned_path: str = "trained/tuned.json"  # best settings per env, read by open_es.py and by the report
     out_dir: str = "runs/baselines"  # sweep results, plots and results.md
