@@ -108,12 +108,19 @@ OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
 BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 ENV_NAMES = tuple(gymnax.registered_envs) + tuple(gridworld.LEVELS) + BRAX_ENVS
+DEEP_SEA = "DeepSea-bsuite-"  # + a size N >= 2: bsuite's Deep Sea on an N x N grid (OPEN Sec. 7.2 trains on 4-26)
+
+
+def deep_sea_size(name):
+    """N of 'DeepSea-bsuite-N', else None."""
+    suffix = name[len(DEEP_SEA):] if name.startswith(DEEP_SEA) else ""
+    return int(suffix) if suffix.isdigit() and int(suffix) >= 2 else None
 
 
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
-    if config.env_name not in ENV_NAMES:
-        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(ENV_NAMES)}")
+    if config.env_name not in ENV_NAMES and deep_sea_size(config.env_name) is None:
+        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(ENV_NAMES)}, {DEEP_SEA}N (N >= 2)")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"unknown activation {config.activation!r}; valid: tanh, relu")
     for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
@@ -169,6 +176,8 @@ def make_env(name, brax_backend="spring", episode_length=1000):
     elif name in BRAX_ENVS:
         env = BraxEnv(name, brax_backend, episode_length)
         env_params = env.default_params
+    elif deep_sea_size(name):
+        env, env_params = gymnax.make("DeepSea-bsuite", size=deep_sea_size(name))
     else:
         env, env_params = gymnax.make(name)
     return LogWrapper(env), env_params

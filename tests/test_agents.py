@@ -142,3 +142,15 @@ def test_unknown_optimizer_is_refused_with_the_valid_choices():
 def test_make_train_refuses_bad_input_before_compiling(module, config):
     with pytest.raises(ValueError, match="unknown env_name 'Nope'"):
         module.make_train(replace(config, env_name="Nope"), ppo.hand_designed("adam"))
+
+
+def test_deep_sea_of_any_size():
+    """'DeepSea-bsuite-N' is bsuite's Deep Sea on an N x N grid (OPEN Sec. 7.2); malformed sizes are refused."""
+    for size in (4, 26):
+        env, env_params = ppo.make_env(f"DeepSea-bsuite-{size}")
+        assert env.observation_space(env_params).shape == (size, size)
+    assert ppo.deep_sea_size("DeepSea-bsuite-12") == 12
+    for bad in ("DeepSea-bsuite-", "DeepSea-bsuite-1", "DeepSea-bsuite-x", "DeepSea-bsuite--3"):
+        assert ppo.deep_sea_size(bad) is None
+        with pytest.raises(ValueError, match=f"unknown env_name '{bad}'.*DeepSea-bsuite-N"):
+            ppo.validate(replace(ppo.PPOConfig(), env_name=bad))
