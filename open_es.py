@@ -108,7 +108,10 @@ class OpenConfig:
     separated: bool = False  # distinct meta-parameters for actor and critic (Sec. 7.2, Deep Sea)
     tasks: tuple[str, ...] = ()  # multi-task envs (Sec. 6.3), each trained with `ppo` (its env_name replaced)
     adam_returns: tuple[float, ...] = ()  # Adam's return per task; empty: read from tuned_path (baselines.py)
-    tuned_path: str = "trained/tuned.json"  # baselines.py's tuned settings, for Adam's returns
+    tuned_path: str = "trained/tuned.json"  # baselines.py's tuned settings, for Adam's returns and learning rate
+    # Optim4RL's fixed lr; 0: 0.1 x Adam's tuned lr on ppo.env_name from tuned_path, resolved when meta-training
+    # starts (Sec. 6.1). Files written before this field: 0.1 x ppo.learning_rate.
+    optim4rl_learning_rate: float = 0.0
     task_sampling: bool = False  # gridworld levels of `ppo.env_name` drawn per antithetic pair (App. D)
     generalisation: bool = False  # with eval: Figures 4 and 16, OPEN / Adam on GRID_EVAL_LEVELS, widths, lengths
     eval_widths: tuple[int, ...] = (8, 16, 32, 64, 128)  # agent widths of that evaluation (Figure 4)
@@ -186,6 +189,19 @@ def validate(config):
                          f"devices")
 
 
+def tuned_adam(config, tasks):
+    """baselines.py's tuned Adam setting (learning rate, final return, ...) on each task, from `tuned_path`."""
+    tuned = {}
+    if os.path.isfile(config.tuned_path):
+        with open(config.tuned_path) as f:
+            tuned = json.load(f)
+    missing = [t for t in tasks if "adam" not in tuned.get(t, {}).get("optimizers", {})]
+    if missing:
+        raise ValueError(f"no tuned Adam for {', '.join(missing)} in {config.tuned_path!r}: run baselines.py, or "
+                         f"pass --adam-returns (multi-task) or --optim4rl-learning-rate (Optim4RL)")
+    return [tuned[t]["optimizers"]["adam"] for t in tasks]
+
+
 def adam_references(config):
     """Adam's final return on each task (multi-task normalisation, Sec. 6.3): `adam_returns`, else baselines.py's
     tuning in `tuned_path`."""
@@ -194,15 +210,7 @@ def adam_references(config):
         if len(references) != len(config.tasks):
             raise ValueError(f"adam_returns has {len(references)} values for {len(config.tasks)} tasks")
     else:
-        tuned = {}
-        if os.path.isfile(config.tuned_path):
-            with open(config.tuned_path) as f:
-                tuned = json.load(f)
-        missing = [t for t in config.tasks if "adam" not in tuned.get(t, {}).get("optimizers", {})]
-        if missing:
-            raise ValueError(f"no tuned Adam return for {', '.join(missing)} in {config.tuned_path!r}: run "
-                             f"baselines.py or pass --adam-returns")
-        references = np.array([tuned[t]["optimizers"]["adam"]["final_return"] for t in config.tasks])
+        references = np.array([adam["final_return"] for adam in tuned_adam(config, config.tasks)])
     if not np.all(references > 0):
         raise ValueError(f"Adam's returns must be positive to normalise by them, got {references.tolist()}")
     return references
@@ -328,12 +336,12 @@ def optim4rl_config(config):
 
 
 def learned_optimizer_fn(config):
-    """`optimizer_fn(meta_params)` of the configured architecture. Optim4RL's learning rate is fixed to 0.1 x Adam's
-    (`ppo.learning_rate`; Sec. 6.1), so ES evolves its network only."""
+    """`optimizer_fn(meta_params)` of the configured architecture. Optim4RL's learning rate is fixed
+    (`optim4rl_learning_rate`: 0.1 x Adam's; Sec. 6.1), so ES evolves its network only."""
     if config.optimizer != "optim4rl":
         return open_optimizer(config)
     optim4rl = optim4rl_metagrad.make_optimizer_fn(optim4rl_config(config))
-    learning_rate = 0.1 * config.ppo.learning_rate
+    learning_rate = config.optim4rl_learning_rate or 0.1 * config.ppo.learning_rate
     return lambda meta_params: optim4rl({"meta": meta_params, "learning_rate": learning_rate})
 
 
@@ -659,6 +667,10 @@ def main(config):
                          eval_widths=config.eval_widths, eval_lengths=config.eval_lengths)
         evaluation(config, meta_params, config.out_dir)
         return
+    if config.optimizer == "optim4rl" and not config.optim4rl_learning_rate:
+        adam_lr = tuned_adam(config, [config.ppo.env_name])[0]["learning_rate"]
+        config = replace(config, optim4rl_learning_rate=0.1 * adam_lr)
+        print(f"Optim4RL's learning rate: 0.1 x tuned Adam's {adam_lr:.4g} ({config.tuned_path})")
     start = time.time()
     meta_params, _ = meta_train(config)
     print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "

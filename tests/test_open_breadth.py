@@ -41,6 +41,26 @@ def test_multitask_fitness_is_return_over_adam_averaged_then_ranked(tmp_path):
         open_es.validate(replace(config, tasks=("Catch-bsuite", "CartPole-v1")))
 
 
+def test_optim4rl_by_es_runs_at_a_tenth_of_tuned_adams_learning_rate(tmp_path):
+    """Sec. 6.1: lr = 0.1 x Adam's tuned lr (from baselines.py's file), fixed while ES evolves the network."""
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"Catch-bsuite": {"ppo": {}, "optimizers": {"adam": {"learning_rate": 0.01}}}}))
+    config = replace(CONFIG, optimizer="optim4rl", tuned_path=str(path))
+    assert open_es.tuned_adam(config, ["Catch-bsuite"])[0]["learning_rate"] == 0.01
+    with pytest.raises(ValueError, match="no tuned Adam for Breakout-MinAtar"):
+        open_es.tuned_adam(config, ["Breakout-MinAtar"])
+    meta_params = open_es.init_meta_params(config, jax.random.PRNGKey(0))
+    grads = {"w": jnp.array([0.3, -2.0, 1e-4])}
+    for learning_rate, expected in ((1e-3, 1e-3), (0.0, 0.1 * config.ppo.learning_rate)):  # 0: older files
+        optimizer = open_es.learned_optimizer_fn(replace(config, optim4rl_learning_rate=learning_rate))(meta_params)
+        reference = open_es.optim4rl_metagrad.make_optimizer_fn(open_es.optim4rl_config(config))(
+            {"meta": meta_params, "learning_rate": expected})
+        updates, _ = optimizer.update(grads, optimizer.init(grads), grads)
+        reference_updates, _ = reference.update(grads, reference.init(grads), grads)
+        np.testing.assert_allclose(updates["w"], reference_updates["w"], rtol=1e-6)
+        assert np.abs(updates["w"]).max() > 0
+
+
 def test_within_pair_ranking_moves_the_mean_toward_the_pair_winner():
     np.testing.assert_allclose(open_es.pair_fitness(jnp.array([1.0, 5.0, jnp.nan, 2.0, 5.0, 0.0])),
                                [0.5, 0.0, 0.5, -0.5, 0.0, -0.5])  # evosax minimises: the winner gets -0.5
