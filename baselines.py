@@ -31,7 +31,6 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_F
 import itertools
 import json
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 
 import jax
@@ -239,25 +238,6 @@ def load_learned(path):
 
 
 # ----------------------------------------------------------------------------------------------- the report
-def interval_estimates(scores, reps, seed=0):
-    """{name: array (2 metrics, 3)}: IQM and mean (rows) of a (runs, tasks) score matrix per name, as point, lower
-    and upper bound (columns) of the 95% stratified bootstrap confidence interval (rliable, percentile method)."""
-    from rliable import library as rly
-    from rliable import metrics as rly_metrics
-
-    def aggregate(x):
-        return np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])
-    with warnings.catch_warnings():  # arch deprecates RandomState, which rliable passes on: keep it, reproducibly
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = rly.get_interval_estimates(scores, aggregate, reps=reps,
-                                                       random_state=np.random.RandomState(seed))
-    return {name: np.stack([points[name], intervals[name][0], intervals[name][1]], 1) for name in scores}
-
-
-def held_out_keys(num):
-    return jax.vmap(jax.random.PRNGKey)(jnp.arange(10_000, 10_000 + num))
-
-
 def evaluate_task(config, task, learned):
     """{optimizer: {"final": (seeds,), "curve": (seeds, updates)}} of PPO on `task` on the held-out seeds."""
     task_config = TASKS[task]
@@ -270,7 +250,7 @@ def evaluate_task(config, task, learned):
     runs = {name: jax.vmap(make_run(task_config, fn), in_axes=(0, None)) for name, (fn, _) in candidates.items()}
     program = jax.jit(lambda keys, params: {name: runs[name](keys, params[name]) for name in runs})  # one compile
     start = time.time()
-    out = jax.device_get(program(held_out_keys(config.eval_seeds), {n: p for n, (_, p) in candidates.items()}))
+    out = jax.device_get(program(open_es.held_out_keys(config), {n: p for n, (_, p) in candidates.items()}))
     results = {name: {"final": np.asarray(out[name]["final_return"], np.float64),  # in candidates' order
                       "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
     print(f"  {task}: {len(results)} optimizers x {config.eval_seeds} seeds in {time.time() - start:.0f} s (compile "
@@ -327,12 +307,13 @@ def report(config):
     """Every tuned and learned optimizer on every task: results.md, returns_<task>.png, iqm.png in out_dir."""
     learned = [load_learned(path) for path in config.learned]
     results = {task: evaluate_task(config, task, learned) for task in config.tasks}
-    estimates = {task: interval_estimates({n: r["final"][:, None] for n, r in runs.items()}, config.bootstrap_reps,
-                                          config.seed) for task, runs in results.items()}
+    estimates = {task: open_es.interval_estimates({n: r["final"][:, None] for n, r in runs.items()},
+                                                  config.bootstrap_reps, config.seed)
+                 for task, runs in results.items()}
     normalised = {}
     if len(config.tasks) > 1 and "adam" in config.optimizers:  # OPEN Fig. 3: returns / Adam's mean return, per task
         names = list(results[config.tasks[0]])
-        normalised = interval_estimates(
+        normalised = open_es.interval_estimates(
             {n: np.stack([results[t][n]["final"] / results[t]["adam"]["final"].mean() for t in config.tasks], 1)
              for n in names}, config.bootstrap_reps, config.seed)
     os.makedirs(config.out_dir, exist_ok=True)

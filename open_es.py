@@ -55,6 +55,7 @@ if __name__ == "__main__":
     start_distributed(sys.argv[1:])
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 import flax.linen as nn
@@ -586,14 +587,25 @@ def plot_fitness(history, path):
     plt.close(fig)
 
 
+def interval_estimates(scores, reps, seed=0):
+    """{name: array (2 metrics, 3)}: IQM and mean (rows) of a (runs, tasks) score matrix per name, as point, lower
+    and upper bound (columns) of the 95% stratified bootstrap confidence interval (rliable, percentile method)."""
+    from rliable import library as rly
+    from rliable import metrics as rly_metrics
+    aggregate = lambda x: np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])  # noqa: E731
+    with warnings.catch_warnings():  # arch deprecates RandomState, which rliable passes on: keep it, reproducibly
+        warnings.simplefilter("ignore", FutureWarning)
+        points, intervals = rly.get_interval_estimates(scores, aggregate, reps=reps,
+                                                       random_state=np.random.RandomState(seed))
+    return {name: np.stack([points[name], intervals[name][0], intervals[name][1]], 1) for name in scores}
+
+
 def report(config, meta_params, out_dir):
     """Train fresh PPO agents with the learned optimizer and with Adam on `eval_seeds` held-out seeds; IQM and mean
     with 95% stratified bootstrap CIs (rliable; Agarwal et al., 2021); a return-curve PNG and summary.md."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rliable import library as rly
-    from rliable import metrics as rly_metrics
 
     keys = held_out_keys(config)
     adam = ppo.hand_designed("adam", ppo.optimizer_steps(config.ppo) if config.ppo.anneal_lr else None)
@@ -604,15 +616,13 @@ def report(config, meta_params, out_dir):
         out = jax.device_get(train(keys, optimizer_params))
         runs[name] = {"final": np.asarray(out["final_return"]), "curve": np.asarray(out["metrics"]["episode_return"])}
     scores = {name: run["final"][:, None] for name, run in runs.items()}
-    aggregate = lambda x: np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])  # noqa: E731
-    points, intervals = rly.get_interval_estimates(scores, aggregate, reps=2000)
+    estimates = interval_estimates(scores, reps=2000)
     lines = [f"# {LABELS[config.optimizer]} vs Adam on {config.ppo.env_name}", "",
              f"PPO {config.ppo.total_timesteps:,} steps, {config.eval_seeds} held-out seeds; 95% stratified "
              f"bootstrap CIs (rliable).", "", "| optimizer | IQM final return | mean final return |", "|---|---|---|"]
-    for name in runs:
-        (iqm, mean), ci = points[name], intervals[name]
-        lines.append(f"| {name} | {iqm:.3f} [{ci[0, 0]:.3f}, {ci[1, 0]:.3f}] | {mean:.3f} [{ci[0, 1]:.3f}, "
-                     f"{ci[1, 1]:.3f}] |")
+    for name, (iqm, mean) in estimates.items():
+        lines.append(f"| {name} | {iqm[0]:.3f} [{iqm[1]:.3f}, {iqm[2]:.3f}] | {mean[0]:.3f} [{mean[1]:.3f}, "
+                     f"{mean[2]:.3f}] |")
     summary = "\n".join(lines) + "\n"
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -77,7 +77,7 @@ def iqm(x):
 def test_iqm_and_bootstrap_ci_match_a_hand_computation():
     data = np.array([[0.1, 10.0], [0.4, 11.0], [0.9, 12.0], [3.0, 14.0]])  # 4 runs x 2 tasks
     # IQM by hand: the 8 scores sorted are .1, .4, .9, 3, 10, 11, 12, 14; the middle four average to 6.225.
-    estimates = baselines.interval_estimates({"x": data}, reps=20_000)["x"]
+    estimates = open_es.interval_estimates({"x": data}, reps=20_000)["x"]
     assert estimates[0, 0] == pytest.approx((0.9 + 3.0 + 10.0 + 11.0) / 4)
     assert estimates[1, 0] == pytest.approx(data.mean())
     exact_iqm = exact_stratified_bootstrap(data, iqm)
