@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ppo import (BRAX_ENVS, ENV_NAMES, dormancy_scores, evaluate, gae, hand_designed,
+from ppo import (BRAX_ENVS, ENV_NAMES, check_wandb, dormancy_scores, evaluate, gae, hand_designed,
                  last_episode_return, log_progress, make_env, optimizer_context, parse_config, train_and_report)
 
 
@@ -55,6 +55,8 @@ class A2CConfig:
     num_seeds: int = 4  # seeds trained in parallel (vmapped)
     seed: int = 0  # first seed
     log_every: int = 50  # print a progress line every this many updates (0: silent)
+    run_dir: str = "runs/a2c"  # where running this file writes metrics.jsonl (the printed lines as JSON)
+    wandb: bool = False  # also log those records to Weights & Biases (the `wandb` extra)
 
 
 # Optim4RL's six gridworlds (Table 2): small ones use the MLP, big ones the conv net; agent gradients clipped to +-1.
@@ -76,6 +78,7 @@ def validate(config):
                          f"{', '.join(discrete)}")
     if config.torso not in ("mlp", "conv"):
         raise ValueError(f"unknown torso {config.torso!r}; valid: mlp, conv")
+    check_wandb(config.wandb)
     for field in ("num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes", "num_seeds"):
         if getattr(config, field) < 1:
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
@@ -203,7 +206,7 @@ def make_train(config, optimizer_fn):
             params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
                                                                       optimizer, update_index / num_updates)
             if config.log_every:
-                log_progress(seed_tag, update_index, num_updates, metrics, config.log_every)
+                log_progress(seed_tag, update_index, num_updates, metrics, config)
             return (params, opt_state, env_state, obs, rng), metrics
 
         (params, *_, rng), metrics = jax.lax.scan(step, (params, optimizer.init(params), env_state, obs, rng),

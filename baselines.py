@@ -58,7 +58,8 @@ class BaselinesConfig:
                                 "trained/optim4rl_es_catch.msgpack")  # learned optimizers in the report
     bootstrap_reps: int = 2000  # stratified bootstrap resamples of the confidence intervals
     tuned_path: str = "trained/tuned.json"  # best settings per env, read by open_es.py and by the report
-    out_dir: str = "runs/baselines"  # sweep results, plots and results.md
+    out_dir: str = "runs/baselines"  # sweep results, plots, results.md and metrics.jsonl (the printed results)
+    wandb: bool = False  # log the metrics.jsonl records to Weights & Biases too (the `wandb` extra)
     seed: int = 0  # seeds of the sweep are seed, seed + 1, ...; the report uses held-out seeds 10000, ...
 
 
@@ -89,6 +90,7 @@ def validate(config):
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     if not config.tasks:
         raise ValueError(f"tasks is empty; choose from {', '.join(TASKS)}")
+    ppo.check_wandb(config.wandb)
     if config.mode not in MODES:
         raise ValueError(f"unknown mode {config.mode!r}; valid: {', '.join(MODES)}")
     for name in config.optimizers:
@@ -179,6 +181,8 @@ def tune(config, task):
         edge = setting["learning_rate"] in (grids[name]["learning_rate"].min(), grids[name]["learning_rate"].max())
         print(f"  {name:8s} best of {len(returns[name]):3d}: " + ", ".join(f"{k} {v:.4g}" for k, v in setting.items())
               + f"  -> mean final return {mean:.3f}" + ("  (learning rate at the edge of the range)" * edge))
+        ppo.record(config.out_dir, {"mode": "tune", "task": task, "optimizer": name, **setting,
+                                    "final_return": mean, "edge_of_range": bool(edge)}, config.wandb)
     os.makedirs(config.out_dir, exist_ok=True)
     write_json_atomic(os.path.join(config.out_dir, f"sweep_{task}.json"),
                       {name: dict({k: v.tolist() for k, v in grids[name].items()},
@@ -256,6 +260,9 @@ def evaluate_task(config, task, learned):
     print(f"  {task}: {len(results)} optimizers x {config.eval_seeds} seeds in {time.time() - start:.0f} s (compile "
           f"included); mean final return " + ", ".join(f"{n} {r['final'].mean():.3f}" for n, r in results.items()),
           flush=True)
+    for name, r in results.items():
+        ppo.record(config.out_dir, {"mode": "report", "task": task, "optimizer": name,
+                                    "mean_final_return": float(r["final"].mean())}, config.wandb)
     return results
 
 

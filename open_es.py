@@ -104,6 +104,7 @@ class OpenConfig:
     seed: int = 0  # meta-training seed
     out_dir: str = "runs/open_catch"  # checkpoint, learned optimizer, plots and summary
     eval: str = ""  # a learned optimizer's file: skip meta-training, evaluate it on `ppo.env_name` vs Adam in out_dir
+    wandb: bool = False  # log the progress records (out_dir/metrics.jsonl) to Weights & Biases too (`wandb` extra)
     optimizer: str = "open"  # OPTIMIZERS: OPEN, 'No Features' (14 inputs, no noise) or Optim4RL (Sec. 6.1, App. B.4)
     ablate: tuple[str, ...] = ()  # ABLATIONS removed from OPEN (Sec. 7.1, App. I.1)
     separated: bool = False  # distinct meta-parameters for actor and critic (Sec. 7.2, Deep Sea)
@@ -161,6 +162,7 @@ PRESETS = {
 def validate(config):
     """Refuse bad settings with a message naming the value, before anything compiles."""
     ppo.validate(config.ppo)
+    ppo.check_wandb(config.wandb)
     if config.population_size < 2 or config.population_size % 2:
         raise ValueError(f"population_size must be even and at least 2 for antithetic sampling, "
                          f"got {config.population_size}")
@@ -534,6 +536,10 @@ def meta_train(config):
         start = int(saved["generation"])
         print(f"resumed from {checkpoint_path} at generation {start}")
 
+    def log(line):  # the printed line's fields, in out_dir/metrics.jsonl (process 0)
+        if jax.process_index() == 0:
+            ppo.record(config.out_dir, line, config.wandb)
+
     def evaluate_mean(g):
         value = float(held_out(unravel(state.mean)))
         history["eval_generation"].append(g)
@@ -542,6 +548,8 @@ def meta_train(config):
             best.update({"return": value, "generation": g, "meta_params": unravel(state.mean)})
         print(f"  held-out return of the ES mean after {g} generations: {value:.3f} (best {best['return']:.3f} "
               f"at generation {best['generation']})", flush=True)
+        log({"generation": g, "held_out_return": value, "best_held_out_return": best["return"],
+             "best_generation": best["generation"]})
 
     if start == 0:
         evaluate_mean(0)
@@ -549,11 +557,14 @@ def meta_train(config):
         tic = time.time()
         state, metrics = jax.block_until_ready(
             generation(state, jax.random.fold_in(jax.random.PRNGKey(config.seed), g)))
+        line = {"generation": g + 1, **{k: float(metrics[k]) for k in ("mean_return", "best_return", "sigma")},
+                "non_finite": int(metrics["non_finite"]), "seconds": round(time.time() - tic, 2)}
         for k in ("mean_return", "best_return", "non_finite", "sigma"):
-            history[k].append(float(metrics[k]))
-        print(f"generation {g + 1}/{config.generations}  mean {float(metrics['mean_return']):.3f}  "
-              f"best {float(metrics['best_return']):.3f}  sigma {float(metrics['sigma']):.4f}  "
-              f"non-finite {int(metrics['non_finite'])}  {time.time() - tic:.1f} s", flush=True)
+            history[k].append(line[k])
+        print(f"generation {g + 1}/{config.generations}  mean {line['mean_return']:.3f}  "
+              f"best {line['best_return']:.3f}  sigma {line['sigma']:.4f}  "
+              f"non-finite {line['non_finite']}  {line['seconds']:.1f} s", flush=True)
+        log(line)
         if (g + 1) % config.eval_every == 0 or g + 1 == config.generations:
             evaluate_mean(g + 1)
         if (g + 1) % config.checkpoint_every == 0 or g + 1 == config.generations:

@@ -80,6 +80,7 @@ class Optim4RLConfig:
     eval_env: Optional[str] = None  # env of the evaluation (None: env_name), trained with its a2c.py preset
     eval_seeds: int = 10  # N seeds per optimizer (Sec. 6: 10 runs, 90% confidence intervals)
     eval_timesteps: int = 500_000  # env steps of each evaluation run (the authors' Catch runs: 5e5)
+    wandb: bool = False  # log the progress records (run_dir/metrics.jsonl) to Weights & Biases too (`wandb` extra)
 
 
 # Gridworld meta-training at paper scale (App. C.3-C.4): n = 512 units of one env each; m from {72, 144, 288, 576};
@@ -106,7 +107,7 @@ PRESETS = {
 ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the MLP head on each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
 EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
-RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir") + EVAL_FIELDS  # free to change when resuming
+RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir", "wandb") + EVAL_FIELDS  # free to change on resuming
 MEMORY_FIELDS = ("remat", "remat_chunk", "unit_chunk")  # memory and speed, not results: free to change on resuming
 EPS = 1e-8  # eps of eq. 2 (Algorithm 1)
 LOG_EPS = 1e-18  # inside log|g| (the authors' code)
@@ -186,6 +187,7 @@ def validate(config):
     for field in ("agent_lr", "meta_lr", "meta_grad_clip"):
         if getattr(config, field) <= 0:
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    ppo.check_wandb(config.wandb)
     if config.eval and not os.path.isfile(checkpoint_path(config.eval)):
         raise ValueError(f"eval: no checkpoint at {config.eval!r}")
     for name in task_names(config):
@@ -509,10 +511,15 @@ def meta_train(config):
         state, metrics = jax.block_until_ready(training.run_chunk(state, length))
         save_checkpoint(path, config, state)
         means = {k: np.nanmean(np.asarray(v), 0) for k, v in metrics.items()}  # over the chunk's meta-steps
-        returns = "  ".join(f"{name} {r:.2f}" for name, r in zip(task_names(config), means["train_return"]))
-        print(f"meta-step {int(state.step)}/{config.num_meta_steps}  outer loss {means['outer_loss']:.4f}  "
-              f"train return {returns}  meta-grad norm {means['grad_norm']:.3g}  "
-              f"skipped {int(state.skipped)}  ({time.time() - start:.1f} s)", flush=True)
+        line = {"meta_step": int(state.step), "outer_loss": float(means["outer_loss"]),
+                "train_return": dict(zip(task_names(config), map(float, means["train_return"]))),
+                "meta_grad_norm": float(means["grad_norm"]), "skipped": int(state.skipped),
+                "seconds": round(time.time() - start, 2)}
+        returns = "  ".join(f"{name} {r:.2f}" for name, r in line["train_return"].items())
+        print(f"meta-step {line['meta_step']}/{config.num_meta_steps}  outer loss {line['outer_loss']:.4f}  "
+              f"train return {returns}  meta-grad norm {line['meta_grad_norm']:.3g}  "
+              f"skipped {line['skipped']}  ({line['seconds']:.1f} s)", flush=True)
+        ppo.record(config.run_dir, line, config.wandb)
     return state
 
 

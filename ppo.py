@@ -27,6 +27,8 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_F
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 import argparse
 import functools
+import importlib.util
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
@@ -78,6 +80,8 @@ class PPOConfig:
     num_seeds: int = 4  # seeds trained in parallel (vmapped)
     seed: int = 0  # first seed
     log_every: int = 25  # print a progress line every this many updates (0: silent)
+    run_dir: str = "runs/ppo"  # where running this file writes metrics.jsonl (the printed lines as JSON)
+    wandb: bool = False  # also log those records to Weights & Biases (the `wandb` extra)
 
 
 # Paper settings. OPEN Table 3 (PPO) with the tuned Adam of Tables 4-6; Optim4RL App. C.3 (Brax training notebook,
@@ -123,6 +127,7 @@ def validate(config):
         raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(ENV_NAMES)}, {DEEP_SEA}N (N >= 2)")
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"unknown activation {config.activation!r}; valid: tanh, relu")
+    check_wandb(config.wandb)
     for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
                   "eval_episodes", "num_seeds", "episode_length"):
         if getattr(config, field) < 1:
@@ -472,7 +477,7 @@ def make_train(config, optimizer_fn):
             params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
                                                                       optimizer, update_index / num_updates)
             if config.log_every:
-                log_progress(seed_tag, update_index, num_updates, metrics, config.log_every)
+                log_progress(seed_tag, update_index, num_updates, metrics, config)
             return (params, opt_state, env_state, obs, rng), metrics
 
         (params, *_, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
@@ -484,16 +489,36 @@ def make_train(config, optimizer_fn):
     return train
 
 
-def log_progress(seed, update_index, num_updates, metrics, every):
-    """Print a progress line from inside the jitted run every `every` updates. The update index is the same for all
-    vmapped seeds, so the condition stays a real branch and skipped updates cost nothing."""
+def log_progress(seed, update_index, num_updates, metrics, config):
+    """Print a progress line from inside the jitted run every `config.log_every` updates, and record it. The update
+    index is the same for all vmapped seeds, so the condition stays a real branch and skipped updates cost nothing."""
     def show(seed, update_index, metrics):
-        print(f"seed {int(seed)}  update {int(update_index) + 1}/{num_updates}  "
-              f"return {float(metrics['episode_return']):.2f}  loss {float(metrics['loss']):.4f}  "
-              f"dormant {float(metrics['dormant_fraction']):.2f}", flush=True)
+        line = {"seed": int(seed), "update": int(update_index) + 1, "return": float(metrics["episode_return"]),
+                "loss": float(metrics["loss"]), "dormant": float(metrics["dormant_fraction"])}
+        print(f"seed {line['seed']}  update {line['update']}/{num_updates}  return {line['return']:.2f}  "
+              f"loss {line['loss']:.4f}  dormant {line['dormant']:.2f}", flush=True)
+        record(config.run_dir, line, config.wandb)
 
-    jax.lax.cond((update_index % every == 0) | (update_index == num_updates - 1),
+    jax.lax.cond((update_index % config.log_every == 0) | (update_index == num_updates - 1),
                  lambda: jax.debug.callback(show, seed, update_index, metrics), lambda: None)
+
+
+def record(run_dir, line, use_wandb=False):
+    """Every run's machine-readable log: append `line` (the fields of a printed progress line) as one JSON object to
+    `<run_dir>/metrics.jsonl`; with `use_wandb`, log it to Weights & Biases too (a run in `run_dir`, started by the
+    first record; WANDB_MODE=offline needs no account)."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as file:
+        file.write(json.dumps(line) + "\n")
+    if use_wandb:
+        import wandb  # an optional extra
+        (wandb.run or wandb.init(project="learned-optimizers-rl", dir=run_dir,
+                                 name=os.path.basename(os.path.normpath(run_dir)))).log(line)
+
+
+def check_wandb(use_wandb):
+    if use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ValueError("wandb = True, but wandb is not installed; valid: wandb = False, or pip install wandb")
 
 
 def parse_config(config_class, presets, argv=None):
@@ -520,6 +545,7 @@ def train_and_report(algorithm, config, train):
           f"(compile included)")
     for seed, value in zip(np.asarray(seeds), final):
         print(f"  seed {seed}: final return {value:.2f}")
+        record(config.run_dir, {"seed": int(seed), "final_return": float(value)}, config.wandb)
     print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
     return out
 

@@ -147,6 +147,13 @@ def test_resume_equals_uninterrupted(tmp_path):
     b = open_es.load(os.path.join(interrupted.out_dir, "checkpoint.msgpack"))
     np.testing.assert_array_equal(a["es_state"]["mean"], b["es_state"]["mean"])
     assert history["mean_return"] == resumed_history["mean_return"]
+    for out_dir in (full.out_dir, interrupted.out_dir):  # metrics.jsonl: the printed lines, across the resume too
+        with open(os.path.join(out_dir, "metrics.jsonl")) as file:
+            lines = [json.loads(line) for line in file]
+        generations = [line for line in lines if "mean_return" in line]
+        assert [line["generation"] for line in generations] == [1, 2, 3, 4]
+        assert [line["mean_return"] for line in generations] == history["mean_return"]
+        assert [line["generation"] for line in lines if "held_out_return" in line] == [0, 2, 4]
     assert not [f for f in os.listdir(full.out_dir) if f.endswith(".tmp")]
     config, meta = open_es.load_optimizer(os.path.join(full.out_dir, "optimizer.msgpack"))
     assert config == full and jax.tree.structure(meta) == jax.tree.structure(

@@ -1,5 +1,6 @@
 """optim4rl_metagrad.py: the update rule, the reset schedule, the meta-gradient, meta-training, checkpoints, the
 optax interface, bad input."""
+import json
 import os
 from dataclasses import replace
 from typing import NamedTuple
@@ -257,6 +258,15 @@ def test_short_meta_training_improves_the_learned_optimizer(trained):
     # margin is wide: -0.55 before; after, over seeds 0-3, 0.95 (default, AVX2), 0.84 (SSE4_2), 0.56 (AVX: one seed
     # did not learn). 0.5 above the initial optimizer still means most seeds learn Catch.
     assert returns["learned"] > returns["init"] + 0.5, returns
+
+
+def test_meta_training_records_each_chunk_in_metrics_jsonl(trained):
+    config, state = trained
+    with open(os.path.join(config.run_dir, "metrics.jsonl")) as file:
+        lines = [json.loads(line) for line in file]
+    assert [line["meta_step"] for line in lines] == [10, 20, 30, 40]  # one per checkpointed chunk, as printed
+    assert set(lines[0]) == {"meta_step", "outer_loss", "train_return", "meta_grad_norm", "skipped", "seconds"}
+    assert set(lines[-1]["train_return"]) == {"Catch-bsuite"} and lines[-1]["skipped"] == int(state.skipped)
 
 
 def test_killed_run_resumes_to_the_same_meta_parameters(trained, tmp_path):
