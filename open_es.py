@@ -380,6 +380,12 @@ def init_meta_params(config, rng):
 
 
 # ----------------------------------------------------------------------------------------------- meta-training
+def initial_mean(config):
+    """Where the ES mean starts: flax's random initialisation, or all zeros (es_init "zeros", authors' train.py)."""
+    meta_params = init_meta_params(config, jax.random.PRNGKey(config.seed))
+    return jax.tree.map(jnp.zeros_like, meta_params) if config.es_init == "zeros" else meta_params
+
+
 def make_es(config, meta_params):
     """OpenAI-ES (Salimans et al., 2017) from evosax with OPEN's Table 7 settings and Adam(b1 = es_b1) on its mean;
     with task sampling the fitness is already a within-pair ranking, so it is not reshaped."""
@@ -589,9 +595,7 @@ def meta_train(config):
     """Meta-train OPEN; returns the meta-parameters with the best held-out return. Resumes from `out_dir`."""
     os.makedirs(config.out_dir, exist_ok=True)
     checkpoint_path = os.path.join(config.out_dir, "checkpoint.msgpack")
-    meta_params = init_meta_params(config, jax.random.PRNGKey(config.seed))
-    if config.es_init == "zeros":
-        meta_params = jax.tree.map(jnp.zeros_like, meta_params)
+    meta_params = initial_mean(config)
     es = make_es(config, meta_params)
     unravel = jax.flatten_util.ravel_pytree(meta_params)[1]
     state = es.init(jax.random.PRNGKey(config.seed), meta_params, es.default_params)
