@@ -75,20 +75,21 @@ def test_context_is_tiled_over_each_parameter():
     obs = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
     params = net.init(jax.random.PRNGKey(1), obs)
     _, activations = net.apply(params, obs)
-    context = ppo.optimizer_context(params, activations, net.layer_proportions, params["params"], 0.25, 0.5,
-                                    jax.random.PRNGKey(2))
+    context = ppo.network_context(params, activations, net.layer_proportions, params["params"])
     layers = params["params"]
     assert jax.tree.structure(context["dormancy"]) == jax.tree.structure(params)
     for name in ("hidden_0", "hidden_1", "output"):
-        scores = ppo.dormancy_scores(activations[name])
+        mean_abs = np.abs(np.asarray(activations[name])).mean(0) + 1e-11  # OPEN authors' calc_dormancy
+        scores = mean_abs / mean_abs.mean()
         np.testing.assert_allclose(context["dormancy"]["params"][name]["kernel"],
-                                   np.broadcast_to(scores, layers[name]["kernel"].shape))
-        np.testing.assert_allclose(context["dormancy"]["params"][name]["bias"], scores)
-    assert float(context["layer_proportion"]["params"]["hidden_0"]["kernel"][0, 0]) == pytest.approx(1 / 3)
-    assert float(context["layer_proportion"]["params"]["hidden_1"]["bias"][0]) == pytest.approx(2 / 3)
+                                   np.broadcast_to(scores, layers[name]["kernel"].shape), rtol=1e-5)
+        np.testing.assert_allclose(context["dormancy"]["params"][name]["bias"], scores, rtol=1e-5)
+    # i / (n_layers - 1) for the i-th Dense layer (OPEN authors' train.py)
+    assert float(context["layer_proportion"]["params"]["hidden_0"]["kernel"][0, 0]) == 0.0
+    assert float(context["layer_proportion"]["params"]["hidden_1"]["bias"][0]) == pytest.approx(0.5)
     assert float(context["layer_proportion"]["params"]["output"]["bias"][0]) == 1.0
     assert all(float(x.min()) == 1.0 for x in jax.tree.leaves(context["actor_mask"]))
-    critic = ppo.optimizer_context(params, activations, net.layer_proportions, (), 0.0, 0.0, jax.random.PRNGKey(2))
+    critic = ppo.network_context(params, activations, net.layer_proportions, ())
     assert all(float(x.max()) == 0.0 for x in jax.tree.leaves(critic["actor_mask"]))
 
 
