@@ -765,9 +765,10 @@ def main(config):
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
         evaluation = generalisation if config.generalisation else report
+        out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one the file was trained with
         config = replace(trained_config, ppo=config.ppo, eval_seeds=config.eval_seeds,
                          eval_widths=config.eval_widths, eval_lengths=config.eval_lengths)
-        evaluation(config, meta_params, config.out_dir)
+        evaluation(config, meta_params, out_dir)
         return
     if config.optimizer == "optim4rl" and not config.optim4rl_learning_rate:
         adam_lr = tuned_adam(config, [config.ppo.env_name])[0]["learning_rate"]

@@ -155,3 +155,20 @@ def test_deep_sea_of_any_size():
         assert ppo.deep_sea_size(bad) is None
         with pytest.raises(ValueError, match=f"unknown env_name '{bad}'.*DeepSea-bsuite-N"):
             ppo.validate(replace(ppo.PPOConfig(), env_name=bad))
+
+
+@pytest.mark.parametrize("time_limit", ppo.TIME_LIMITS)
+def test_a_time_limit_is_bootstrapped_or_terminal(time_limit):
+    """CartPole cut at 4 steps: the return target at the cut is r + gamma V(final observation) with "bootstrap" and
+    r = 1 with "terminal" (the OPEN authors' PPO); a step that does not end an episode is unaffected by the choice."""
+    config = replace(ppo.PPOConfig(), num_envs=2, num_steps=8, time_limit=time_limit)
+    env_params = ppo.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
+    agent = ppo.make_agent(config, env_params)
+    params, env_state, obs = agent.init(jax.random.PRNGKey(0))
+    batch, _, _ = agent.rollout(params, env_state, obs, jax.random.PRNGKey(1))
+    target = np.asarray(batch["target"]).reshape(8, 2)
+    if time_limit == "terminal":
+        np.testing.assert_array_equal(target[[3, 7]], 1.0)
+    else:
+        assert np.all(np.abs(target[[3, 7]] - 1.0) > 1e-4)
+    assert np.all(target[[0, 1, 2, 4, 5, 6]] > 1.5)  # 1 + gamma (...) inside an episode

@@ -242,7 +242,7 @@ def authors_tree(flat, gru, hidden):
 
 def authors_update(w, p, g, m, h, context, eps):
     """One tensor of the authors' network.py (GRU_Opt.opt_fn, _update_tensor) in numpy: returns (u before the
-    zero-mean, new momenta, new hidden state). p, g: (n,); m: (n, 6); h: (n, G); context: (tp, lp, bp, dormancy (n,))."""
+    zero-mean, new momenta, new hidden state). p, g: (n,); m: (n, 6); h: (n, G); context: (tp, lp, bp, dormancy)."""
     betas = np.array([0.1, 0.5, 0.9, 0.99, 0.999, 0.9999])
     m = m * betas + (1 - betas) * g[:, None]
     x = np.concatenate([p[:, None], np.sign(m), np.log(np.abs(m) + 1e-13), np.sign(g)[:, None],
