@@ -183,6 +183,8 @@ def validate(config):
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if config.es_init not in ES_INITS:
         raise ValueError(f"unknown es_init {config.es_init!r}; valid: {', '.join(ES_INITS)}")
+    if not 0 <= config.es_b1 < 1:
+        raise ValueError(f"es_b1 must be in [0, 1), got {config.es_b1}")
     for name in config.ablate:
         if name not in ABLATIONS:
             raise ValueError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")

@@ -188,6 +188,7 @@ def test_a_checkpoint_of_another_size_is_refused(tmp_path):
     (dict(task_sampling=True), "task_sampling needs a gridworld distribution, got 'Catch-bsuite'"),
     (dict(tasks=("Catch-bsuite",), adam_returns=(-1.0,)), "must be positive"),
     (dict(es_init="normal"), "unknown es_init 'normal'; valid: random, zeros"),
+    (dict(es_b1=1.0), r"es_b1 must be in \[0, 1\), got 1.0"),
     (dict(ppo=replace(open_es.CATCH, time_limit="ignore")), "unknown time_limit 'ignore'; valid: bootstrap, terminal"),
 ])
 def test_bad_input_is_refused(change, message):
