@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from ppo import (BRAX_ENVS, ENV_NAMES, check_wandb, dormancy_scores, evaluate, gae, hand_designed,
-                 last_episode_return, log_progress, make_env, optimizer_context, parse_config, train_and_report)
+                 last_episode_return, log_progress, make_env, network_context, parse_config, train_and_report)
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,9 @@ def make_agent(config, env_params=None):
         (value, activations), grads = jax.value_and_grad(loss, has_aux=True)(params, trajectory, obs)
         if config.grad_clip:
             grads = jax.tree.map(lambda g: jnp.clip(g, -config.grad_clip, config.grad_clip), grads)
-        context = optimizer_context(params, activations, network.layer_proportions, ("actor",), training_proportion,
-                                    0.0, optimizer_key)
-        updates, opt_state = optimizer.update(grads, opt_state, params, **context)
+        context = network_context(params, activations, network.layer_proportions, ("actor",))
+        updates, opt_state = optimizer.update(grads, opt_state, params, training_proportion=training_proportion,
+                                              batch_proportion=0.0, key=optimizer_key, **context)
         metrics = {"episode_return": last_episode_return(env_state), "loss": value,
                    "dormant_fraction": jnp.mean(dormancy_scores(activations["dense"]) == 0.0)}
         return optax.apply_updates(params, updates), opt_state, env_state, obs, metrics

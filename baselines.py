@@ -106,7 +106,8 @@ def validate(config):
     if not config.anneal:
         raise ValueError("anneal must hold False, True or both")
     for path in config.learned:
-        learned_kind(path)
+        if learned_kind(path) == "open_es":
+            open_es.load_optimizer(path)  # a bad file is refused here, before anything compiles
     if config.mode == "report":
         for task in config.tasks:
             tuned_settings(config.tuned_path, TASKS[task].env_name, config.optimizers)
@@ -223,13 +224,15 @@ def tuned_settings(path, env_name, optimizers):
 
 
 def learned_kind(path):
-    """'open_es' for a file written by open_es.py (.msgpack), 'optim4rl' for an optim4rl_metagrad.py checkpoint."""
-    if path.endswith(".msgpack") and os.path.isfile(path):
+    """'open_es' for a file written by open_es.py (.msgpack) or an OPEN optimizer released by its authors (.npy),
+    'optim4rl' for an optim4rl_metagrad.py checkpoint."""
+    if path.endswith((".msgpack", ".npy")) and os.path.isfile(path):
         return "open_es"
     if os.path.isfile(optim4rl_metagrad.checkpoint_path(path)):
         return "optim4rl"
-    raise ValueError(f"learned optimizer {path!r} not found: expected an open_es.py .msgpack file or an "
-                     f"optim4rl_metagrad.py checkpoint (or its run directory)")
+    raise ValueError(f"learned optimizer {path!r} not found: expected an open_es.py .msgpack file, an OPEN .npy "
+                     f"file of its authors (trained/authors/) or an optim4rl_metagrad.py checkpoint (or its run "
+                     f"directory)")
 
 
 def load_learned(path):
@@ -256,6 +259,7 @@ def evaluate_task(config, task, learned):
     start = time.time()
     out = jax.device_get(program(open_es.held_out_keys(config), {n: p for n, (_, p) in candidates.items()}))
     results = {name: {"final": np.asarray(out[name]["final_return"], np.float64),  # in candidates' order
+                      "training": np.asarray(out[name]["training_return"], np.float64),
                       "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
     print(f"  {task}: {len(results)} optimizers x {config.eval_seeds} seeds in {time.time() - start:.0f} s (compile "
           f"included); mean final return " + ", ".join(f"{n} {r['final'].mean():.3f}" for n, r in results.items()),
@@ -267,16 +271,19 @@ def evaluate_task(config, task, learned):
 
 
 def results_table(config, results, estimates, normalised):
-    """Markdown: IQM and mean [95% CI] of the final return per task, and normalised by Adam over tasks."""
+    """Markdown: IQM and mean [95% CI] of the final return per task, and normalised by Adam over tasks; next to them
+    the mean of the OPEN authors' metric (ppo.make_train's training_return)."""
     def cell(e):
         return f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"
     lines = [f"PPO, {config.eval_seeds} held-out seeds per optimizer and task; IQM and mean of the final return "
-             f"with 95% stratified bootstrap CIs (rliable, {config.bootstrap_reps} resamples).", "",
-             "| task | optimizer | IQM | mean |", "|---|---|---|---|"]
+             f"with 95% stratified bootstrap CIs (rliable, {config.bootstrap_reps} resamples); training: the mean "
+             f"of the OPEN authors' metric (last completed training episode of each env).", "",
+             "| task | optimizer | IQM | mean | training |", "|---|---|---|---|---|"]
     for task in results:
-        lines += [f"| {task} | {name} | {cell(e[0])} | {cell(e[1])} |" for name, e in estimates[task].items()]
+        lines += [f"| {task} | {name} | {cell(e[0])} | {cell(e[1])} | {results[task][name]['training'].mean():.3f} |"
+                  for name, e in estimates[task].items()]
     if normalised:
-        lines += [f"| all, / Adam | {name} | {cell(e[0])} | {cell(e[1])} |" for name, e in normalised.items()]
+        lines += [f"| all, / Adam | {name} | {cell(e[0])} | {cell(e[1])} | |" for name, e in normalised.items()]
     return "\n".join(lines) + "\n"
 
 

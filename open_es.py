@@ -3,17 +3,20 @@
     python open_es.py                        # meta-train on Catch on a laptop CPU (~10 min), then evaluate vs Adam
     python open_es.py --preset breakout      # OPEN's MinAtar setting (Tables 3, 4, 7): for GPUs
     python open_es.py --eval runs/open_catch/optimizer.msgpack --ppo.env-name Catch-bsuite
+    python open_es.py --eval trained/authors/breakout_OPEN.npy --preset breakout   # the authors' released optimizer
     python open_es.py --preset multitask     # the four MinAtar games at once (Sec. 6.3); --preset gridworld (App. D)
     python open_es.py --preset no_features   # a learned baseline on Catch; also optim4rl, --ablate dormancy, ...
 
-The optimizer (Section 5.1, Appendix B): per parameter, 19 inputs (gradient and six momenta as sign and log|.|,
-normalised per tensor; parameter value; training and batch proportion; dormancy; layer proportion) go through a
-GRU(8) and Dense 16 + LayerNorm + ReLU twice to three outputs (m, e, delta). The update is
+The optimizer (Section 5.1, Appendix B; every input and the update as in the authors' rl_optimizer/network.py and
+train.py): per parameter, 19 inputs (parameter value, six momenta and the gradient as sign and log(|.| + 1e-13), all
+normalised per tensor; training proportion, layer proportion, batch proportion, dormancy) go through a GRU(8) and
+Dense 16 + LayerNorm + ReLU twice to three outputs (m, e, delta). The update is
     u_hat = a1 * m * exp(a2 * e)               (eq. 7)
     u_hat += a3 * delta * eps, eps ~ N(0, 1)   (eq. 8, actor only)
-    u = u_hat - mean(u_hat);  p <- p - u       (eq. 9, mean over all parameters of the network)
+    u = u_hat - mean(u_hat);  p <- p - u       (eq. 9, one mean over actor and critic together)
 It is an optax transformation: `open_optimizer(config)(meta_params)` trains any `ppo.py` agent (and any other model:
-missing context gets neutral defaults and no noise).
+missing context gets neutral defaults and no noise). `learned_optimizer(path)` also loads the authors' seven released
+optimizers (trained/authors/*.npy).
 
 Meta-training (Section 5.2, Table 7): evosax's OpenAI-ES, antithetic sampling, centred ranks, exponentially decaying
 sigma and learning rate (Adam on the ES mean). One generation, every population member training PPO agents over
@@ -97,6 +100,10 @@ class OpenConfig:
     sigma_decay: float = 0.999  # per-generation decay of sigma (Table 7)
     es_learning_rate: float = 0.05  # Adam step size on the ES mean (Table 7: MinAtar 0.03, Ant 0.01, grid 0.005)
     es_learning_rate_decay: float = 0.999  # per-generation decay of that step size (Table 7)
+    # ES_INITS: where the ES mean starts. "zeros", all-zero meta-parameters, and es_b1 = 0.99 are the authors'
+    # (train.py) and the paper presets'; the CPU default keeps flax's random initialisation and Adam's usual 0.9.
+    es_init: str = "random"
+    es_b1: float = 0.9  # beta1 of the ES's Adam
     generations: int = 60  # generations of meta-training
     eval_every: int = 10  # evaluate the ES mean on held-out seeds every this many generations (Table 7: 24)
     checkpoint_every: int = 5  # save the meta-training state every this many generations
@@ -127,20 +134,22 @@ class OpenConfig:
 
 OPTIMIZERS = ("open", "no_features", "optim4rl")
 LABELS = {"open": "OPEN", "no_features": "No Features", "optim4rl": "Optim4RL"}
+ES_INITS = ("random", "zeros")
 ABLATIONS = ("training_proportion", "batch_proportion", "dormancy", "layer_proportion", "stochasticity")
 MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
 GRID_EVAL_LEVELS = ("all", "rand_dense", "rand_sparse", "rand_long") + tuple(gridworld.MAZES)
-MINATAR_ES = dict(population_size=64, sigma_init=0.03, sigma_decay=0.999, es_learning_rate=0.03,
+AUTHORS_ES = dict(es_init="zeros", es_b1=0.99)  # the ES mean starts at zero; Adam b1 0.99 (authors' train.py)
+MINATAR_ES = dict(AUTHORS_ES, population_size=64, sigma_init=0.03, sigma_decay=0.999, es_learning_rate=0.03,
                   es_learning_rate_decay=0.999, generations=700, eval_every=24)
 PRESETS = {
     "default": {},
     **{name: dict(MINATAR_ES, out_dir=f"runs/open_{name}",
                   ppo=replace(ppo.PPOConfig(), **ppo.PRESETS[name], log_every=0))
        for name in ("asterix", "breakout", "freeway", "spaceinvaders")},
-    "ant": dict(population_size=32, sigma_init=0.01, sigma_decay=0.999, es_learning_rate=0.01,
+    "ant": dict(AUTHORS_ES, population_size=32, sigma_init=0.01, sigma_decay=0.999, es_learning_rate=0.01,
                 es_learning_rate_decay=0.999, generations=700, eval_every=24, out_dir="runs/open_ant",
                 ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["ant"], log_every=0)),
-    # Sec. 6.3, App. B.5 (GRU 16, hidden 32), Table 7 (multi-task); Adam's returns of the authors (NOTES.md).
+    # Sec. 6.3, App. B.5 (GRU 16, hidden 32), Table 7 (multi-task); Adam's returns: the authors' configs.py (PPO_TEMP).
     "multitask": dict(MINATAR_ES, gru_size=16, hidden_size=32, sigma_decay=0.998, es_learning_rate_decay=0.998,
                       generations=300, eval_every=9, tasks=MINATAR_ENVS, adam_returns=(15.04, 50.08, 61.84, 167.09),
                       out_dir="runs/open_multitask", ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["breakout"],
@@ -174,6 +183,10 @@ def validate(config):
         raise ValueError(f"no learned optimizer at eval path {config.eval!r}")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if config.es_init not in ES_INITS:
+        raise ValueError(f"unknown es_init {config.es_init!r}; valid: {', '.join(ES_INITS)}")
+    if not 0 <= config.es_b1 < 1:
+        raise ValueError(f"es_b1 must be in [0, 1), got {config.es_b1}")
     for name in config.ablate:
         if name not in ABLATIONS:
             raise ValueError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
@@ -221,18 +234,25 @@ def adam_references(config):
 
 # ----------------------------------------------------------------------------------------------- the optimizer
 MOMENTUM_BETAS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)  # App. B.2
-# The 19 input channels in order: gradient and six momenta as (sign, log|.|), parameter, then the context.
-INPUTS = ("gradient",) * 2 + ("momentum",) * 12 + ("parameter", "training_proportion", "batch_proportion",
-                                                   "dormancy", "layer_proportion")
+# The 19 input channels in the order of the authors' rl_optimizer/network.py (and of their released weights): the
+# parameter, six momenta as sign then six as log|.|, the gradient as sign and log|.| (these 15 normalised per tensor),
+# then the context. LEGACY_INPUTS: the order of optimizers saved by this repo before it followed the authors'.
+INPUTS = ("parameter", *(f"momentum_sign_{b}" for b in MOMENTUM_BETAS), *(f"momentum_log_{b}" for b in MOMENTUM_BETAS),
+          "gradient_sign", "gradient_log", "training_proportion", "layer_proportion", "batch_proportion", "dormancy")
+LEGACY_INPUTS = ("gradient_sign", "gradient_log",
+                 *(f"momentum_{part}_{b}" for b in MOMENTUM_BETAS for part in ("sign", "log")),
+                 "parameter", "training_proportion", "batch_proportion", "dormancy", "layer_proportion")
 NUM_INPUTS = len(INPUTS)
+LOG_EPS = 1e-13  # eps of log(|x| + eps) for the gradient and momenta (authors' network.py)
+AUTHORS_SIZES = {1211: (8, 16), 3571: (16, 32)}  # floats of a released OPEN optimizer: (GRU size, hidden size)
 
 
-def input_columns(config):
-    """Indices of the inputs the optimizer sees: 'No Features' keeps gradient and momenta (App. B.4), an ablation
-    drops its input (Sec. 7.1)."""
+def input_columns(config, order=INPUTS):
+    """Indices in `order` of the inputs the optimizer sees: 'No Features' keeps gradient and momenta (App. B.4), an
+    ablation drops its input (Sec. 7.1)."""
     if config.optimizer == "no_features":
-        return [i for i, name in enumerate(INPUTS) if name in ("gradient", "momentum")]
-    return [i for i, name in enumerate(INPUTS) if name not in config.ablate]
+        return [i for i, name in enumerate(order) if name.startswith(("gradient", "momentum"))]
+    return [i for i, name in enumerate(order) if name not in config.ablate]
 
 
 def num_outputs(config):
@@ -254,14 +274,14 @@ class OpenNetwork(nn.Module):
         return hidden, nn.Dense(self.num_outputs)(x)
 
 
-def sign_log(x, eps=1e-8):
-    """x -> (sign x, log(|x| + eps)): magnifies differences between small values (App. B.2, after Lan et al.)."""
-    return [jnp.sign(x), jnp.log(jnp.abs(x) + eps)]
+def sign_log(x):
+    """x -> (sign x, log(|x| + 1e-13)): magnifies differences between small values (App. B.2, after Lan et al.)."""
+    return [jnp.sign(x), jnp.log(jnp.abs(x) + LOG_EPS)]
 
 
 def per_tensor_unit_second_moment(features, sizes):
-    """Scale each feature channel to second moment 1 within each parameter tensor (App. B.2, after Metz et al.).
-    features: (N, C) for N parameters, the tensors' entries one after another with the given sizes."""
+    """Scale each feature channel to second moment 1 within each parameter tensor (App. B.2, after Metz et al.):
+    x / sqrt(1e-5 + mean(x^2)). features: (N, C) for N parameters, the tensors' entries one after another."""
     bounds = np.cumsum([0] + list(sizes))
     return jnp.concatenate([x * jax.lax.rsqrt(1e-5 + jnp.mean(x ** 2, axis=0))
                             for x in (features[a:b] for a, b in zip(bounds[:-1], bounds[1:]))])
@@ -269,17 +289,20 @@ def per_tensor_unit_second_moment(features, sizes):
 
 def optimizer_inputs(grad, momenta, param, sizes, training_proportion, batch_proportion, dormancy,
                      layer_proportion):
-    """The 19 inputs of each of N parameters, shape (N, 19); arguments are flat (N,) vectors, momenta (6, N)."""
-    tensor_features = jnp.stack(sign_log(grad) + sum((sign_log(m) for m in momenta), []) + [param], -1)
+    """The 19 inputs (INPUTS) of each of N parameters, shape (N, 19); arguments are flat (N,) vectors, momenta (6, N)
+    (authors' network.py)."""
+    momentum_sign, momentum_log = zip(*(sign_log(m) for m in momenta))
+    tensor_features = jnp.stack([param, *momentum_sign, *momentum_log, *sign_log(grad)], -1)
     tensor_features = per_tensor_unit_second_moment(tensor_features, sizes)
-    proportions = jnp.broadcast_to(jnp.stack([training_proportion, batch_proportion]), (grad.shape[0], 2))
-    return jnp.concatenate([tensor_features, proportions, dormancy[:, None], layer_proportion[:, None]], -1)
+    context = jnp.broadcast_to(jnp.stack([training_proportion, batch_proportion]), (grad.shape[0], 2))
+    return jnp.concatenate([tensor_features, context[:, :1], layer_proportion[:, None], context[:, 1:],
+                            dormancy[:, None]], -1)
 
 
 def update_from_outputs(outputs, noise, config):
     """Eqs. 7-9: u for network outputs (N, 3) = (m, e, delta) and noise (N,), eps ~ N(0, 1) on actor parameters and
-    0 elsewhere. The mean is one scalar over all N parameters of the network (OPEN's code). Without delta (outputs
-    (N, 2)) the update is deterministic."""
+    0 elsewhere. The mean is one scalar over all N parameters given (PPO: actor and critic together, Algorithm 1 and
+    the authors' network.py). Without delta (outputs (N, 2)) the update is deterministic."""
     m, e = outputs[:, 0], outputs[:, 1]
     u_hat = config.alpha1 * m * jnp.exp(config.alpha2 * e)
     if outputs.shape[1] == 3:
@@ -289,7 +312,9 @@ def update_from_outputs(outputs, noise, config):
 
 def open_optimizer(config):
     """`optimizer_fn(meta_params)` -> the OPEN optax transformation (Algorithm 1). All parameters are handled as
-    one flat vector of N entries; the state holds six momenta (6, N) and a GRU hidden state (N, gru_size).
+    one flat vector of N entries; the state holds six momenta m = b m + (1 - b) g (6, N) and a GRU hidden state
+    (N, gru_size). The noise eps of leaf i of the tree is jax.random.normal(keys[i], leaf shape) with
+    keys = jax.random.split(key, number of leaves), as in the authors' network.py.
     Separated (Sec. 7.2): meta_params = {"actor": ..., "critic": ...}, each parameter updated by its network's."""
     network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
     betas = jnp.asarray(MOMENTUM_BETAS)[:, None]
@@ -307,9 +332,9 @@ def open_optimizer(config):
             def flat(tree, default):
                 return default if tree is None else jax.flatten_util.ravel_pytree(tree)[0]
 
-            sizes = [g.size for g in jax.tree.leaves(grads)]
+            leaves = jax.tree.leaves(grads)
             momenta = betas * state["momenta"] + (1 - betas) * grad
-            inputs = optimizer_inputs(grad, momenta, flat(params, None), sizes,
+            inputs = optimizer_inputs(grad, momenta, flat(params, None), [g.size for g in leaves],
                                       jnp.float32(training_proportion), jnp.float32(batch_proportion),
                                       flat(dormancy, jnp.ones_like(grad)), flat(layer_proportion, jnp.ones_like(grad)))
             inputs, actor = inputs[:, columns], flat(actor_mask, jnp.zeros_like(grad))
@@ -324,7 +349,8 @@ def open_optimizer(config):
             if actor_mask is None or key is None:  # no noise: critics, and plain optax use outside RL
                 noise = jnp.zeros_like(grad)
             else:
-                noise = jax.random.normal(key, grad.shape) * actor
+                noise = jnp.concatenate([jax.random.normal(k, g.shape).ravel()
+                                         for k, g in zip(jax.random.split(key, len(leaves)), leaves)]) * actor
             u = update_from_outputs(outputs, noise, config)
             return unravel(-u), {"momenta": momenta, "hidden": hidden}  # optax adds updates: p <- p - u
 
@@ -358,12 +384,19 @@ def init_meta_params(config, rng):
 
 
 # ----------------------------------------------------------------------------------------------- meta-training
+def initial_mean(config):
+    """Where the ES mean starts: flax's random initialisation, or all zeros (es_init "zeros", authors' train.py)."""
+    meta_params = init_meta_params(config, jax.random.PRNGKey(config.seed))
+    return jax.tree.map(jnp.zeros_like, meta_params) if config.es_init == "zeros" else meta_params
+
+
 def make_es(config, meta_params):
-    """OpenAI-ES (Salimans et al., 2017) from evosax with OPEN's Table 7 settings; with task sampling the fitness is
-    already a within-pair ranking, so it is not reshaped."""
+    """OpenAI-ES (Salimans et al., 2017) from evosax with OPEN's Table 7 settings and Adam(b1 = es_b1) on its mean;
+    with task sampling the fitness is already a within-pair ranking, so it is not reshaped."""
     return Open_ES(
         population_size=config.population_size, solution=meta_params, use_antithetic_sampling=True,
-        optimizer=optax.adam(optax.exponential_decay(config.es_learning_rate, 1, config.es_learning_rate_decay)),
+        optimizer=optax.adam(optax.exponential_decay(config.es_learning_rate, 1, config.es_learning_rate_decay),
+                             b1=config.es_b1),
         std_schedule=optax.exponential_decay(config.sigma_init, 1, config.sigma_decay),
         fitness_shaping_fn=identity_fitness_shaping_fn if config.task_sampling else centered_rank_fitness_shaping_fn)
 
@@ -496,17 +529,67 @@ def check_architecture(config, stored_config, path):
                              f"{name} = {getattr(config, name)}")
 
 
+# The authors' meta-parameter tree (rl_optimizer/network.py): {"gru_params": GRUCell params, "params": Sequential
+# params, its layers named by position}; the Sequential's layers in OpenNetwork's names.
+AUTHORS_LAYERS = {"layers_0": "Dense_0", "layers_1": "LayerNorm_0", "layers_3": "Dense_1", "layers_4": "LayerNorm_1",
+                  "layers_6": "Dense_2"}
+
+
+def load_authors_optimizer(path):
+    """(config, meta_params) of an OPEN optimizer as its authors released it (rl_optimizer/pretrained/*.npy): one
+    float32 vector, jax.flatten_util.ravel_pytree of their meta-parameter tree, input-kernel rows in INPUTS order.
+    Its length gives its size (AUTHORS_SIZES); any other length, or an unreadable file, is refused."""
+    valid = " or ".join(f"{n} (GRU {g}, hidden {h})" for n, (g, h) in AUTHORS_SIZES.items())
+    try:
+        flat = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable .npy file ({error}); a released OPEN optimizer is a float32 "
+                         f"vector of {valid} values") from None
+    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size not in AUTHORS_SIZES:
+        raise ValueError(f"{path} holds {flat.dtype} values of shape {flat.shape}; a released OPEN optimizer is a "
+                         f"float32 vector of {valid} values")
+    gru_size, hidden_size = AUTHORS_SIZES[flat.size]
+    config = replace(OpenConfig(), gru_size=gru_size, hidden_size=hidden_size)
+    ours = init_meta_params(config, jax.random.PRNGKey(0))["params"]
+    template = {"gru_params": {"params": ours["GRUCell_0"]},
+                "params": {"params": {k: ours[name] for k, name in AUTHORS_LAYERS.items()}}}
+    theirs = jax.flatten_util.ravel_pytree(template)[1](jnp.asarray(flat))
+    return config, {"params": {"GRUCell_0": theirs["gru_params"]["params"],
+                               **{name: theirs["params"]["params"][k] for k, name in AUTHORS_LAYERS.items()}}}
+
+
+def reorder_inputs(meta_params, config, order):
+    """Meta-parameters whose GRU input-kernel rows follow the input names `order` -> rows in INPUTS order."""
+    stored = [order[i] for i in input_columns(config, order)]
+    rows = np.array([stored.index(INPUTS[i]) for i in input_columns(config)])
+
+    def reorder(network):
+        gru = {gate: dict(p, kernel=p["kernel"][rows]) if gate.startswith("i") else p  # ir, iz, in: input kernels
+               for gate, p in network["params"]["GRUCell_0"].items()}
+        return {"params": {**network["params"], "GRUCell_0": gru}}
+    return {name: reorder(m) for name, m in meta_params.items()} if config.separated else reorder(meta_params)
+
+
 def load_optimizer(path):
-    """(config, meta_params) of a learned optimizer saved by `meta_train`."""
+    """(config, meta_params) of a learned optimizer: a file saved by `meta_train` or a released .npy of the authors.
+    Files saved before this repo followed the authors' input order (no "inputs" entry) get their GRU input rows
+    reordered; they were meta-trained with this repo's earlier definitions (log eps 1e-8, a zero-mean per network,
+    proportions u / N_updates, l / L and 1/3, 2/3, 1), so they may do less well under the authors' definitions."""
+    if path.endswith(".npy"):
+        return load_authors_optimizer(path)
     payload = load(path)
     config = config_from_dict(json.loads(payload["config"]))
     template = init_meta_params(config, jax.random.PRNGKey(0))
-    return config, serialization.from_state_dict(template, payload["meta_params"])
+    meta_params = serialization.from_state_dict(template, payload["meta_params"])
+    if config.optimizer == "optim4rl":
+        return config, meta_params
+    return config, reorder_inputs(meta_params, config, json.loads(payload.get("inputs", json.dumps(LEGACY_INPUTS))))
 
 
 def learned_optimizer(path):
     """(optimizer_fn, optimizer_params) of any optimizer file `meta_train` wrote (OPEN and its variants, No Features,
-    Optim4RL), ready for `ppo.make_train(ppo_config, optimizer_fn)` and `train(rng, optimizer_params)`."""
+    Optim4RL) or of the authors' released .npy files, ready for `ppo.make_train(ppo_config, optimizer_fn)` and
+    `train(rng, optimizer_params)`."""
     config, meta_params = load_optimizer(path)
     return learned_optimizer_fn(config), meta_params
 
@@ -516,7 +599,7 @@ def meta_train(config):
     """Meta-train OPEN; returns the meta-parameters with the best held-out return. Resumes from `out_dir`."""
     os.makedirs(config.out_dir, exist_ok=True)
     checkpoint_path = os.path.join(config.out_dir, "checkpoint.msgpack")
-    meta_params = init_meta_params(config, jax.random.PRNGKey(config.seed))
+    meta_params = initial_mean(config)
     es = make_es(config, meta_params)
     unravel = jax.flatten_util.ravel_pytree(meta_params)[1]
     state = es.init(jax.random.PRNGKey(config.seed), meta_params, es.default_params)
@@ -529,6 +612,9 @@ def meta_train(config):
     if os.path.exists(checkpoint_path):
         saved = load(checkpoint_path)
         check_architecture(config, json.loads(saved["config"]), checkpoint_path)
+        if config.optimizer != "optim4rl" and json.loads(saved.get("inputs", "[]")) != list(INPUTS):
+            raise ValueError(f"{checkpoint_path} was written with this repo's earlier input order; it cannot be "
+                             f"resumed: choose a new out_dir")
         state = serialization.from_state_dict(state, saved["es_state"])
         history = {k: list(np.asarray(v).tolist()) for k, v in saved["history"].items()}
         best = {"return": float(saved["best"]["return"]), "generation": int(saved["best"]["generation"]),
@@ -569,14 +655,15 @@ def meta_train(config):
             evaluate_mean(g + 1)
         if (g + 1) % config.checkpoint_every == 0 or g + 1 == config.generations:
             save_atomic(checkpoint_path, {
-                "config": json.dumps(asdict(config)), "generation": g + 1,
+                "config": json.dumps(asdict(config)), "inputs": json.dumps(INPUTS), "generation": g + 1,
                 "es_state": serialization.to_state_dict(state),
                 "history": {k: np.asarray(v, np.float64) for k, v in history.items()},
                 "best": {"return": best["return"], "generation": best["generation"],
                          "meta_params": serialization.to_state_dict(best["meta_params"])}})
     save_atomic(os.path.join(config.out_dir, "optimizer.msgpack"), {
-        "config": json.dumps(asdict(config)), "meta_params": serialization.to_state_dict(best["meta_params"]),
-        "generation": best["generation"], "held_out_return": best["return"]})
+        "config": json.dumps(asdict(config)), "inputs": json.dumps(INPUTS),
+        "meta_params": serialization.to_state_dict(best["meta_params"]), "generation": best["generation"],
+        "held_out_return": best["return"]})
     if jax.process_index() == 0:
         plot_fitness(history, os.path.join(config.out_dir, "fitness.png"))
     return jax.tree.map(np.asarray, best["meta_params"]), history  # host values: not tied to other processes
@@ -613,7 +700,8 @@ def interval_estimates(scores, reps, seed=0):
 
 def report(config, meta_params, out_dir):
     """Train fresh PPO agents with the learned optimizer and with Adam on `eval_seeds` held-out seeds; IQM and mean
-    with 95% stratified bootstrap CIs (rliable; Agarwal et al., 2021); a return-curve PNG and summary.md."""
+    of the final return (evaluation) and of the authors' training return, with 95% stratified bootstrap CIs (rliable;
+    Agarwal et al., 2021); a return-curve PNG and summary.md."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -625,15 +713,21 @@ def report(config, meta_params, out_dir):
                                                  ("Adam", adam, ppo.hyperparameters(config.ppo))):
         train = jax.jit(jax.vmap(ppo.make_train(config.ppo, optimizer_fn), in_axes=(0, None)))
         out = jax.device_get(train(keys, optimizer_params))
-        runs[name] = {"final": np.asarray(out["final_return"]), "curve": np.asarray(out["metrics"]["episode_return"])}
-    scores = {name: run["final"][:, None] for name, run in runs.items()}
-    estimates = interval_estimates(scores, reps=2000)
+        runs[name] = {"final": np.asarray(out["final_return"]), "training": np.asarray(out["training_return"]),
+                      "curve": np.asarray(out["metrics"]["episode_return"])}
+    estimates = {metric: interval_estimates({name: run[metric][:, None] for name, run in runs.items()}, reps=2000)
+                 for metric in ("final", "training")}
     lines = [f"# {LABELS[config.optimizer]} vs Adam on {config.ppo.env_name}", "",
-             f"PPO {config.ppo.total_timesteps:,} steps, {config.eval_seeds} held-out seeds; 95% stratified "
-             f"bootstrap CIs (rliable).", "", "| optimizer | IQM final return | mean final return |", "|---|---|---|"]
-    for name, (iqm, mean) in estimates.items():
-        lines.append(f"| {name} | {iqm[0]:.3f} [{iqm[1]:.3f}, {iqm[2]:.3f}] | {mean[0]:.3f} [{mean[1]:.3f}, "
-                     f"{mean[2]:.3f}] |")
+             f"PPO {config.ppo.total_timesteps:,} steps (time limit: {config.ppo.time_limit}), {config.eval_seeds} "
+             f"held-out seeds; 95% stratified bootstrap CIs (rliable). Final return: this repo's evaluation of the "
+             f"final policy ({config.ppo.eval_episodes} episodes); training return: the OPEN authors' metric, the mean "
+             f"of the last completed training episode of each env.", "",
+             "| optimizer | IQM final return | mean final return | IQM training return | mean training return |",
+             "|---|---|---|---|---|"]
+    cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
+    for name in runs:
+        lines.append(f"| {name} | " + " | ".join(cell(e) for metric in ("final", "training")
+                                                 for e in estimates[metric][name]) + " |")
     summary = "\n".join(lines) + "\n"
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
@@ -684,9 +778,10 @@ def main(config):
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
         evaluation = generalisation if config.generalisation else report
+        out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one the file was trained with
         config = replace(trained_config, ppo=config.ppo, eval_seeds=config.eval_seeds,
                          eval_widths=config.eval_widths, eval_lengths=config.eval_lengths)
-        evaluation(config, meta_params, config.out_dir)
+        evaluation(config, meta_params, out_dir)
         return
     if config.optimizer == "optim4rl" and not config.optim4rl_learning_rate:
         adam_lr = tuned_adam(config, [config.ppo.env_name])[0]["learning_rate"]

@@ -235,7 +235,7 @@ def l2l_preprocess(g, log_abs):
 
 def parameter_update(architecture, g, o, learning_rate):
     """Optim4RL, eq. 2: m = sign(g) exp(o1), v = exp(o2), -lr m / sqrt(v + eps). LinearOptim (Sec. 6.1):
-    -lr (exp(o1) g + exp(o2) o3). L2LGD^2 (NOTES.md): -lr exp(o) g."""
+    -lr (exp(o1) g + exp(o2) o3). L2LGD^2 (Andrychowicz et al., 2016): -lr exp(o) g."""
     if architecture == "optim4rl":
         return -learning_rate * jnp.sign(g) * jnp.exp(o[:, 0]) / jnp.sqrt(jnp.exp(o[:, 1]) + EPS)
     if architecture == "l2lgd2":
@@ -303,7 +303,7 @@ class Unit(NamedTuple):
     """A training unit (Sec. 5.1): an A2C or PPO agent, its envs, its optimizer state, iterations since its last
     reset."""
     params: dict
-    opt_state: LearnedOptimizerState  # PPO: {network name: LearnedOptimizerState}
+    opt_state: LearnedOptimizerState  # of all agent parameters (PPO: actor and critic in one tree, as in ppo.py)
     env_state: object
     obs: jax.Array
     age: jax.Array
@@ -384,8 +384,7 @@ def _meta_training(config):
         """A new group of units for each task (keys: (tasks, units, 2))."""
         def fresh_unit(agent, key):
             params, env_state, obs = agent.init(key)
-            init = optimizer_fn(None).init  # init needs no meta-parameters; PPO: one state per network (ppo.py)
-            opt_state = {n: init(p) for n, p in params.items()} if config.algorithm == "ppo" else init(params)
+            opt_state = optimizer_fn(None).init(params)  # init needs no meta-parameters; PPO: actor and critic
             return Unit(params, opt_state, env_state, obs, jnp.int32(0))
 
         return tuple(jax.vmap(functools.partial(fresh_unit, agent))(keys) for agent, keys in zip(agents, key))

@@ -6,18 +6,26 @@
 
 `make_train(config, optimizer_fn)` returns `train(rng, optimizer_params)`: one whole training run as one XLA program,
 vmappable over seeds and over `optimizer_params` (hand-designed hyperparameters or a learned optimizer's
-meta-parameters). `optimizer_fn(optimizer_params)` builds an `optax.GradientTransformationExtraArgs`; every update
-it receives, as keyword arguments, the context a learned optimizer conditions on (OPEN, Goldie et al. 2024, App. B.2):
+meta-parameters). `optimizer_fn(optimizer_params)` builds an `optax.GradientTransformationExtraArgs`, called once per
+minibatch on the whole agent, {"actor": ..., "critic": ...} (each network's gradient clipped to global norm 0.5 first),
+with the context a learned optimizer conditions on as keyword arguments (OPEN, Goldie et al. 2024, App. B.2; each
+defined as in the authors' rl_optimizer/train.py):
 
-    training_proportion  scalar: (t // (L * N_minibatch)) / N_batch, constant within a batch
-    batch_proportion     scalar: ((t // N_minibatch) mod L) / L, progress through the L epochs on one batch
-    dormancy             tree like params: eq. 6 score of the neuron downstream of each parameter (tau = 0)
-    layer_proportion     tree like params: h / H, the position of the parameter's layer in its network
+    training_proportion  scalar: u / (N_updates - 1) in update u = 0 ... N_updates - 1, constant within it
+    batch_proportion     scalar: l / (L - 1) in epoch l = 0 ... L - 1 over one batch
+    dormancy             tree like params: (E|h_i| + 1e-11) / mean_k (E|h_k| + 1e-11) of the neuron downstream
+    layer_proportion     tree like params: i / (n_layers - 1) for the i-th Dense layer of its network (0, 0.5, 1)
     actor_mask           tree like params: 1 for actor parameters, 0 for critic parameters
     key                  PRNG key, for learned stochastic updates
 
-Hand-designed optax optimizers ignore it. Actor and critic are separate networks, each clipped to global norm 0.5
-and updated by its own optimizer state (shared optimizer parameters), as in OPEN's code.
+(A single update or epoch gives proportion 0, where the authors' code divides by zero.) Hand-designed optax
+optimizers ignore the context and act element-wise, so one call on both networks equals one per network.
+
+`time_limit` chooses how a time limit (truncation) is handled: "bootstrap" (default) adds gamma V(final observation)
+to the reward there; "terminal", the OPEN authors' PureJaxRL PPO and the MinAtar presets, ends the return there.
+`train` reports both this repo's evaluation of the final policy ("final_return") and the authors' metric
+("training_return": the mean over envs of each env's last completed training episode return, 0 for an env without
+one, at the end of training; rl_optimizer/train.py and eval.py).
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
@@ -75,6 +83,7 @@ class PPOConfig:
     anneal_lr: bool = True  # anneal the learning rate linearly to 0 over training
     eval_episodes: int = 16  # episodes of the final-policy evaluation ("final return")
     eval_max_steps: Optional[int] = None  # step cap of that evaluation (None: the env's time limit)
+    time_limit: str = "bootstrap"  # TIME_LIMITS: bootstrap through a truncation, or treat it as terminal (OPEN)
     brax_backend: str = "spring"  # Brax physics backend (spring is fastest on CPU)
     episode_length: int = 1000  # Brax time limit (a truncation)
     num_seeds: int = 4  # seeds trained in parallel (vmapped)
@@ -86,8 +95,9 @@ class PPOConfig:
 
 # Paper settings. OPEN Table 3 (PPO) with the tuned Adam of Tables 4-6; Optim4RL App. C.3 (Brax training notebook,
 # 8 minibatches and a [64]*5 value network to save memory).
+# MinAtar runs PPO as the OPEN authors' train.py does: a time limit is terminal.
 MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minibatches=8, update_epochs=4,
-               ent_coef=0.01, width=64, activation="relu", b1=0.9, anneal_lr=True)
+               ent_coef=0.01, width=64, activation="relu", b1=0.9, anneal_lr=True, time_limit="terminal")
 PRESETS = {
     "default": {},
     "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),
@@ -109,6 +119,7 @@ PRESETS = {
                               anneal_lr=False),
 }
 OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
+TIME_LIMITS = ("bootstrap", "terminal")
 BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
 ENV_NAMES = tuple(gymnax.registered_envs) + tuple(gridworld.LEVELS) + BRAX_ENVS
@@ -128,6 +139,8 @@ def validate(config):
     if config.activation not in ("tanh", "relu"):
         raise ValueError(f"unknown activation {config.activation!r}; valid: tanh, relu")
     check_wandb(config.wandb)
+    if config.time_limit not in TIME_LIMITS:
+        raise ValueError(f"unknown time_limit {config.time_limit!r}; valid: {', '.join(TIME_LIMITS)}")
     for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
                   "eval_episodes", "num_seeds", "episode_length"):
         if getattr(config, field) < 1:
@@ -211,9 +224,8 @@ class MLP(nn.Module):
 
     @property
     def layer_proportions(self):
-        """h / H for each layer, counting the output layer (OPEN App. B.2)."""
-        layers = self.depth + 1
-        return {**{f"hidden_{i}": (i + 1) / layers for i in range(self.depth)}, "output": 1.0}
+        """i / (n_layers - 1) for the i-th Dense layer, the output layer last (OPEN App. B.2; authors' train.py)."""
+        return {**{f"hidden_{i}": proportion(i, self.depth + 1) for i in range(self.depth)}, "output": 1.0}
 
 
 def action_distribution(actor_out, continuous):
@@ -256,9 +268,16 @@ def optimizer_steps(config):
 
 
 # ------------------------------------------------------------------------------------------ learned-optimizer context
-def dormancy_scores(activation):
-    """OPEN eq. 6: E|h_i| over the batch divided by its mean over the layer's neurons; tau-dormant if <= tau."""
-    mean_abs = jnp.abs(activation).reshape(-1, activation.shape[-1]).mean(0)
+def proportion(index, count):
+    """index / (count - 1): 0 at the first of `count` steps, 1 at the last (OPEN's training, batch and layer
+    proportions, authors' train.py); 0 when count is 1, where their code divides by zero."""
+    return index / max(count - 1, 1)
+
+
+def dormancy_scores(activation, eps=0.0):
+    """OPEN eq. 6: E|h_i| over the batch divided by its mean over the layer's neurons; tau-dormant if <= tau. The
+    optimizer's input uses eps = 1e-11, added to every E|h_i| (authors' network.py, calc_dormancy)."""
+    mean_abs = jnp.abs(activation).reshape(-1, activation.shape[-1]).mean(0) + eps
     return mean_abs / jnp.maximum(mean_abs.mean(), 1e-12)
 
 
@@ -268,24 +287,20 @@ def per_parameter(layer_values, params):
                        for name, layer in params["params"].items()}}
 
 
-def optimizer_context(params, activations, layer_proportions, actor_layers, training_proportion, batch_proportion,
-                      key):
-    """The keyword arguments handed to the optimizer's update (see the module docstring); `actor_layers` names the
-    layers that belong to the actor."""
+def network_context(params, activations, layer_proportions, actor_layers):
+    """The context trees of one network (see the module docstring): dormancy, layer_proportion and actor_mask, each
+    like its params; `actor_layers` names the layers that belong to the actor."""
     return dict(
-        training_proportion=training_proportion,
-        batch_proportion=batch_proportion,
-        dormancy=per_parameter({n: dormancy_scores(a) for n, a in activations.items()}, params),
+        dormancy=per_parameter({n: dormancy_scores(a, 1e-11) for n, a in activations.items()}, params),
         layer_proportion=per_parameter(layer_proportions, params),
         actor_mask=per_parameter({n: float(n in actor_layers) for n in params["params"]}, params),
-        key=key,
     )
 
 
 # ----------------------------------------------------------------------------------------------- training
 def gae(rewards, values, dones, last_value, gamma, lam):
-    """Generalised advantage estimation over time (axis 0). `dones` (terminated or truncated) cuts the trace;
-    truncated steps were already bootstrapped into their reward, r + gamma * V(final observation)."""
+    """Generalised advantage estimation over time (axis 0). `dones` (terminated or truncated) cuts the trace; with
+    time_limit "bootstrap", truncated steps were already bootstrapped into their reward, r + gamma V(final obs)."""
     def backward(carry, step):
         next_advantage, next_value = carry
         reward, value, done = step
@@ -337,7 +352,7 @@ class Agent(NamedTuple):
 
 def make_agent(config, env_params=None):
     """PPO's pieces for `make_train` and for meta-gradients through PPO updates (optim4rl_metagrad.py). The optimizer
-    state is one state per network: {name: optimizer.init(params[name])}."""
+    acts on the whole agent, {"actor": ..., "critic": ...}: its state is optimizer.init(params)."""
     validate(config)
     env, default_env_params = make_env(config.env_name, config.brax_backend, config.episode_length)
     env_params = default_env_params if env_params is None else env_params
@@ -383,9 +398,9 @@ def make_agent(config, env_params=None):
         action = pi.sample(seed=action_key)
         next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
             jax.random.split(env_key, config.num_envs), env_state, action, env_params)
-        bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
-        reward = reward * config.reward_scale + config.gamma * value_of(params, info["final_observation"]) \
-            * bootstrap
+        reward = reward * config.reward_scale
+        if config.time_limit == "bootstrap":  # a time limit is not an end: keep the value of where it stopped
+            reward = reward + config.gamma * value_of(params, info["final_observation"]) * (truncated & ~terminated)
         step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
                     reward=reward, done=(terminated | truncated).astype(jnp.float32))
         return (params, env_state, next_obs), step
@@ -420,20 +435,19 @@ def make_agent(config, env_params=None):
                 params, opt_state = carry
                 mb, key = inputs
                 (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
-                new_params, new_opt_state = {}, {}
-                for name, net_key in zip(networks, jax.random.split(key)):
-                    actor_layers = params[name]["params"] if name == "actor" else ()
-                    context = optimizer_context(params[name], activations[name], networks[name].layer_proportions,
-                                                actor_layers, training_proportion,
-                                                epoch_index / config.update_epochs, net_key)
-                    grad, _ = clip_gradient.update(grads[name], clip_gradient.init(grads[name]))
-                    updates, new_opt_state[name] = optimizer.update(grad, opt_state[name], params[name], **context)
-                    new_params[name] = optax.apply_updates(params[name], updates)
+                grads = {name: clip_gradient.update(g, clip_gradient.init(g))[0] for name, g in grads.items()}
+                trees = {name: network_context(params[name], activations[name], networks[name].layer_proportions,
+                                               params[name]["params"] if name == "actor" else ())
+                         for name in networks}
+                context = {k: {name: tree[k] for name, tree in trees.items()} for k in trees["actor"]}
+                updates, opt_state = optimizer.update(grads, opt_state, params, training_proportion=training_proportion,
+                                                      batch_proportion=proportion(epoch_index, config.update_epochs),
+                                                      key=key, **context)
+                params = optax.apply_updates(params, updates)
                 dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
                                               for n, a in activations["actor"].items() if n != "output"]))
-                reported = {name: s["metrics"] for name, s in new_opt_state.items()
-                            if isinstance(s, dict) and "metrics" in s}  # see make_train's docstring
-                return (new_params, new_opt_state), {"loss": loss, "dormant_fraction": dormant,
+                reported = opt_state["metrics"] if isinstance(opt_state, dict) and "metrics" in opt_state else {}
+                return (params, opt_state), {"loss": loss, "dormant_fraction": dormant,
                                                      "optimizer": reported}
 
             carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
@@ -456,9 +470,10 @@ def make_agent(config, env_params=None):
 
 
 def make_train(config, optimizer_fn):
-    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}.
-    An optimizer whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets
-    their per-update means (over epochs and minibatches) reported as metrics["optimizer"][network name]."""
+    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return" (evaluation of
+    the final policy), "training_return" (the OPEN authors' metric, see the module docstring), "params"}. An optimizer
+    whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets their per-update
+    means (over epochs and minibatches) reported as metrics["optimizer"]."""
     num_updates = config.total_timesteps // (config.num_envs * config.num_steps)
     probe = make_agent(config)  # validates the config and builds the env before anything is traced
     eval_max_steps = config.eval_max_steps or int(probe.env_params.max_steps_in_episode)
@@ -469,22 +484,23 @@ def make_train(config, optimizer_fn):
         seed_tag = rng[-1]
         rng, init_key = jax.random.split(rng)
         params, env_state, obs = agent.init(init_key)
-        opt_state = {name: optimizer.init(p) for name, p in params.items()}
+        opt_state = optimizer.init(params)
 
         def update(carry, update_index):
             params, opt_state, env_state, obs, rng = carry
             rng, key = jax.random.split(rng)
             params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
-                                                                      optimizer, update_index / num_updates)
+                                                                      optimizer, proportion(update_index, num_updates))
             if config.log_every:
                 log_progress(seed_tag, update_index, num_updates, metrics, config)
             return (params, opt_state, env_state, obs, rng), metrics
 
-        (params, *_, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
-                                                  jnp.arange(num_updates))
+        (params, _, env_state, _, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
+                                                               jnp.arange(num_updates))
         final_return = evaluate(agent.env, agent.env_params, functools.partial(agent.act, params), rng,
                                 config.eval_episodes, eval_max_steps)
-        return {"metrics": metrics, "final_return": final_return, "params": params}
+        return {"metrics": metrics, "final_return": final_return,
+                "training_return": env_state.returned_episode_returns.mean(), "params": params}
 
     return train
 

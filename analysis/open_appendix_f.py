@@ -6,8 +6,8 @@ optimizer's updates over training, written as PNG plots (mean and standard error
     python analysis/open_appendix_f.py --optimizer runs/open_catch/optimizer.msgpack --ppo.num-seeds 8
     python analysis/open_appendix_f.py --preset breakout   # runs/open_breakout/optimizer.msgpack on Breakout: GPUs
 
-The statistics (App. F), each computed in every optimizer update for the actor and the critic separately (they are
-separate networks with their own optimizer state), then averaged over the epochs and minibatches of each PPO update:
+The statistics (App. F), each computed in every optimizer update for the actor and the critic separately (one
+optimizer call updates both, ppo.py), then averaged over the epochs and minibatches of each PPO update:
     dormancy.png           F.1: fraction of tau = 0 dormant neurons (eq. 6) in the actor's hidden layers, as ppo.py
                            reports it (last minibatch of each update), OPEN vs Adam.
     cosine_similarity.png  F.2: cos(u, g) and cos(u, m_beta) for OPEN's six momenta (m_t, which already includes g_t,
@@ -109,7 +109,8 @@ def open_outputs_of(update):
 
 def with_statistics(optimizer_fn, open_config=None):
     """Wrap `optimizer_fn` so that its state carries App. F statistics of its latest update under "metrics", which
-    ppo.make_train reports per update (metrics["optimizer"]); the updates themselves are unchanged. For every
+    ppo.make_train reports per update (metrics["optimizer"]); the updates themselves are unchanged. The optimizer acts
+    on {network name: params} (PPO: actor and critic); the statistics are per network: metrics[name]. For every
     optimizer: cos_gradient and update_magnitude (E|u/p| of the applied update). With `open_config` (the optimizer is
     open_es's OPEN with it), also cos_momenta (6,), non_stochastic_magnitude (F.3), stochasticity (F.4) and
     noise_share (the last two on actor parameters only: NaN and 0 without an actor mask). Every magnitude also comes
@@ -124,19 +125,23 @@ def with_statistics(optimizer_fn, open_config=None):
             else:
                 (updates, inner_state), outputs = open_outputs_of(inner.update)(
                     grads, state["inner"], params, actor_mask=actor_mask, **context)
-            g, p, u = flat(grads), flat(params), -flat(updates)
-            mask = jnp.zeros_like(g) if actor_mask is None else flat(actor_mask)
-            metrics = {"cos_gradient": cosine_similarity(u, g),
-                       **normalised_magnitudes("update_magnitude", u, p, jnp.ones_like(g))}
-            if open_config is not None:
-                m, e, delta = outputs.T
-                u_hat = open_config.alpha1 * m * jnp.exp(open_config.alpha2 * e)  # eq. 7
-                noise = u - open_es.update_from_outputs(outputs, jnp.zeros_like(g), open_config)
-                metrics.update(
-                    cos_momenta=jax.vmap(cosine_similarity, in_axes=(None, 0))(u, inner_state["momenta"]),
-                    **normalised_magnitudes("non_stochastic_magnitude", u_hat, p, jnp.ones_like(g)),
-                    **normalised_magnitudes("stochasticity", delta, p, mask),
-                    noise_share=norm_share(noise, u, mask))
+                # the noise part of -updates: u - u without noise (the zero-mean is over all networks together)
+                noise = -flat(updates) - open_es.update_from_outputs(outputs, jnp.zeros(outputs.shape[0]), open_config)
+            metrics, start = {}, 0
+            for name in sorted(grads):  # flat vectors of the whole agent hold each network's parameters in turn
+                g, p, u = flat(grads[name]), flat(params[name]), -flat(updates[name])
+                mask = jnp.zeros_like(g) if actor_mask is None else flat(actor_mask[name])
+                part, start = slice(start, start + g.size), start + g.size
+                metrics[name] = {"cos_gradient": cosine_similarity(u, g),
+                                 **normalised_magnitudes("update_magnitude", u, p, jnp.ones_like(g))}
+                if open_config is not None:
+                    m, e, delta = outputs[part].T
+                    u_hat = open_config.alpha1 * m * jnp.exp(open_config.alpha2 * e)  # eq. 7
+                    metrics[name].update(
+                        cos_momenta=jax.vmap(cosine_similarity, in_axes=(None, 0))(u, inner_state["momenta"][:, part]),
+                        **normalised_magnitudes("non_stochastic_magnitude", u_hat, p, jnp.ones_like(g)),
+                        **normalised_magnitudes("stochasticity", delta, p, mask),
+                        noise_share=norm_share(noise[part], u, mask))
             return updates, {"inner": inner_state, "metrics": metrics}
 
         def init(params):

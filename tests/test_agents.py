@@ -76,20 +76,21 @@ def test_context_is_tiled_over_each_parameter():
     obs = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
     params = net.init(jax.random.PRNGKey(1), obs)
     _, activations = net.apply(params, obs)
-    context = ppo.optimizer_context(params, activations, net.layer_proportions, params["params"], 0.25, 0.5,
-                                    jax.random.PRNGKey(2))
+    context = ppo.network_context(params, activations, net.layer_proportions, params["params"])
     layers = params["params"]
     assert jax.tree.structure(context["dormancy"]) == jax.tree.structure(params)
     for name in ("hidden_0", "hidden_1", "output"):
-        scores = ppo.dormancy_scores(activations[name])
+        mean_abs = np.abs(np.asarray(activations[name])).mean(0) + 1e-11  # OPEN authors' calc_dormancy
+        scores = mean_abs / mean_abs.mean()
         np.testing.assert_allclose(context["dormancy"]["params"][name]["kernel"],
-                                   np.broadcast_to(scores, layers[name]["kernel"].shape))
-        np.testing.assert_allclose(context["dormancy"]["params"][name]["bias"], scores)
-    assert float(context["layer_proportion"]["params"]["hidden_0"]["kernel"][0, 0]) == pytest.approx(1 / 3)
-    assert float(context["layer_proportion"]["params"]["hidden_1"]["bias"][0]) == pytest.approx(2 / 3)
+                                   np.broadcast_to(scores, layers[name]["kernel"].shape), rtol=1e-5)
+        np.testing.assert_allclose(context["dormancy"]["params"][name]["bias"], scores, rtol=1e-5)
+    # i / (n_layers - 1) for the i-th Dense layer (OPEN authors' train.py)
+    assert float(context["layer_proportion"]["params"]["hidden_0"]["kernel"][0, 0]) == 0.0
+    assert float(context["layer_proportion"]["params"]["hidden_1"]["bias"][0]) == pytest.approx(0.5)
     assert float(context["layer_proportion"]["params"]["output"]["bias"][0]) == 1.0
     assert all(float(x.min()) == 1.0 for x in jax.tree.leaves(context["actor_mask"]))
-    critic = ppo.optimizer_context(params, activations, net.layer_proportions, (), 0.0, 0.0, jax.random.PRNGKey(2))
+    critic = ppo.network_context(params, activations, net.layer_proportions, ())
     assert all(float(x.max()) == 0.0 for x in jax.tree.leaves(critic["actor_mask"]))
 
 
@@ -155,3 +156,20 @@ def test_deep_sea_of_any_size():
         assert ppo.deep_sea_size(bad) is None
         with pytest.raises(ValueError, match=f"unknown env_name '{bad}'.*DeepSea-bsuite-N"):
             ppo.validate(replace(ppo.PPOConfig(), env_name=bad))
+
+
+@pytest.mark.parametrize("time_limit", ppo.TIME_LIMITS)
+def test_a_time_limit_is_bootstrapped_or_terminal(time_limit):
+    """CartPole cut at 4 steps: the return target at the cut is r + gamma V(final observation) with "bootstrap" and
+    r = 1 with "terminal" (the OPEN authors' PPO); a step that does not end an episode is unaffected by the choice."""
+    config = replace(ppo.PPOConfig(), num_envs=2, num_steps=8, time_limit=time_limit)
+    env_params = ppo.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
+    agent = ppo.make_agent(config, env_params)
+    params, env_state, obs = agent.init(jax.random.PRNGKey(0))
+    batch, _, _ = agent.rollout(params, env_state, obs, jax.random.PRNGKey(1))
+    target = np.asarray(batch["target"]).reshape(8, 2)
+    if time_limit == "terminal":
+        np.testing.assert_array_equal(target[[3, 7]], 1.0)
+    else:
+        assert np.all(np.abs(target[[3, 7]] - 1.0) > 1e-4)
+    assert np.all(target[[0, 1, 2, 4, 5, 6]] > 1.5)  # 1 + gamma (...) inside an episode

@@ -18,8 +18,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import open_appendix_f as analysis  # noqa: E402
 
 CONFIG = replace(open_es.OpenConfig(), alpha1=0.01, alpha2=0.5, alpha3=0.2)
-PARAMS = {"a": jnp.array([[1.0, -2.0, 0.0], [0.5, 4.0, -1.0]]), "b": jnp.array([0.25, -0.5])}  # flat: b, then a
-ACTOR_MASK = {"a": jnp.ones((2, 3)), "b": jnp.zeros(2)}
+# an agent as ppo.py hands it to the optimizer: {network: params}; flat: actor, then critic
+PARAMS = {"actor": jnp.array([[1.0, -2.0, 0.0], [0.5, 4.0, -1.0]]), "critic": jnp.array([0.25, -0.5])}
+ACTOR_MASK = {"actor": jnp.ones((2, 3)), "critic": jnp.zeros(2)}
 
 
 def test_statistics_match_hand_computation():
@@ -52,12 +53,10 @@ def test_ppo_reports_the_per_update_mean_of_optimizer_metrics():
             lambda params: {"metrics": {"tp": jnp.float32(0), "bp": jnp.zeros(3)}}, update)
 
     out = jax.jit(ppo.make_train(config, reporting))(jax.random.PRNGKey(0), {})
-    assert set(out["metrics"]["optimizer"]) == {"actor", "critic"}
-    for network in ("actor", "critic"):
-        reported = out["metrics"]["optimizer"][network]
-        np.testing.assert_allclose(reported["tp"], [0, 1 / 3, 2 / 3], rtol=1e-6)  # 3 updates
-        assert reported["bp"].shape == (3, 3)
-        np.testing.assert_allclose(reported["bp"], 0.25)  # mean over epochs 0 and 1 of epoch / 2
+    reported = out["metrics"]["optimizer"]
+    np.testing.assert_allclose(reported["tp"], [0, 0.5, 1], rtol=1e-6)  # 3 updates: u / (3 - 1)
+    assert reported["bp"].shape == (3, 3)
+    np.testing.assert_allclose(reported["bp"], 0.5)  # mean over epochs 0 and 1 of epoch / (2 - 1)
     plain = jax.eval_shape(ppo.make_train(config, ppo.hand_designed("sgd")), jax.random.PRNGKey(0),
                            ppo.hyperparameters(config))
     assert "optimizer" not in plain["metrics"]
@@ -70,7 +69,8 @@ def context(key):
 
 
 @pytest.mark.parametrize("name", ["OPEN", "Adam"])
-def test_the_wrapper_leaves_the_updates_bit_equal(name):
+def test_the_wrapper_leaves_the_updates_unchanged(name):
+    """Equal up to float32 rounding: XLA may compile the update differently inside the wrapped program (1 ulp)."""
     if name == "OPEN":
         optimizer_fn, optimizer_params = open_es.open_optimizer(CONFIG), open_es.init_meta_params(
             CONFIG, jax.random.PRNGKey(3))
@@ -93,9 +93,9 @@ def test_the_wrapper_leaves_the_updates_bit_equal(name):
     (wrapped_params, wrapped_state), wrapped_updates = steps(wrapped)
     for x, y in zip(jax.tree.leaves((plain_params, plain_updates)), jax.tree.leaves((wrapped_params,
                                                                                     wrapped_updates))):
-        np.testing.assert_array_equal(x, y)
-    assert float(jnp.abs(plain_updates["a"]).max()) > 0
-    assert np.isfinite(wrapped_state["metrics"]["cos_gradient"])
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9)
+    assert float(jnp.abs(plain_updates["actor"]).max()) > 0
+    assert all(np.isfinite(wrapped_state["metrics"][net]["cos_gradient"]) for net in ("actor", "critic"))
 
 
 def test_the_wrapper_measures_open_against_a_hand_computation():
@@ -105,22 +105,30 @@ def test_the_wrapper_measures_open_against_a_hand_computation():
     grads = jax.tree.map(lambda p: 0.1 * p + 0.05, PARAMS)
     key = jax.random.PRNGKey(1)
     updates, state = optimizer.update(grads, optimizer.init(PARAMS), PARAMS, **context(key))
-    metrics = state["metrics"]
     flat = lambda tree: np.asarray(jax.flatten_util.ravel_pytree(tree)[0], np.float64)  # noqa: E731
     g, p, u, actor = flat(grads), flat(PARAMS), -flat(updates), flat(ACTOR_MASK)
-    # Constant outputs: u_hat is the same everywhere, so the zero-mean update is all noise.
-    noise = CONFIG.alpha3 * delta * np.asarray(jax.random.normal(key, g.shape)) * actor
+    # Constant outputs: u_hat is the same everywhere, so the zero-mean update is all noise (one key per leaf; the
+    # mean over actor and critic together).
+    noise = np.concatenate([np.asarray(jax.random.normal(k, x.shape)).ravel() for k, x in
+                            zip(jax.random.split(key, 2), jax.tree.leaves(PARAMS))]) * CONFIG.alpha3 * delta * actor
     np.testing.assert_allclose(u, noise - noise.mean(), rtol=1e-5, atol=1e-7)
-    nonzero = p != 0  # the parameter at 0 is left out
     u_hat = CONFIG.alpha1 * m * np.exp(CONFIG.alpha2 * e)
-    assert float(metrics["non_stochastic_magnitude"]) == pytest.approx(np.mean(u_hat / np.abs(p[nonzero])), rel=1e-5)
-    assert float(metrics["non_stochastic_magnitude_median"]) == pytest.approx(np.median(u_hat / np.abs(p[nonzero])),
-                                                                              rel=1e-5)
-    assert float(metrics["stochasticity"]) == pytest.approx(np.mean(abs(delta) / np.abs(p[nonzero & (actor > 0)])),
-                                                            rel=1e-5)
-    assert float(metrics["noise_share"]) == pytest.approx(1.0, rel=1e-5)
-    assert float(metrics["update_magnitude"]) == pytest.approx(np.mean(np.abs(u[nonzero] / p[nonzero])), rel=1e-4)
-    cos = u @ g / np.linalg.norm(u) / np.linalg.norm(g)
-    assert float(metrics["cos_gradient"]) == pytest.approx(cos, rel=1e-4)
-    # After one step from zero momenta, every momentum is (1 - beta) g: the same direction as g.
-    np.testing.assert_allclose(metrics["cos_momenta"], np.full(6, cos), rtol=1e-4)
+    for name, part in (("actor", slice(0, 6)), ("critic", slice(6, 8))):
+        metrics, gp, pp, up, ap = state["metrics"][name], g[part], p[part], u[part], actor[part]
+        nonzero = pp != 0  # the parameter at 0 is left out
+        assert float(metrics["non_stochastic_magnitude"]) == pytest.approx(np.mean(u_hat / np.abs(pp[nonzero])),
+                                                                           rel=1e-5)
+        assert float(metrics["non_stochastic_magnitude_median"]) == pytest.approx(
+            np.median(u_hat / np.abs(pp[nonzero])), rel=1e-5)
+        assert float(metrics["update_magnitude"]) == pytest.approx(np.mean(np.abs(up[nonzero] / pp[nonzero])),
+                                                                   rel=1e-4)
+        cos = up @ gp / np.linalg.norm(up) / np.linalg.norm(gp)
+        assert float(metrics["cos_gradient"]) == pytest.approx(cos, rel=1e-4)
+        # After one step from zero momenta, every momentum is (1 - beta) g: the same direction as g.
+        np.testing.assert_allclose(metrics["cos_momenta"], np.full(6, cos), rtol=1e-4)
+    actor_metrics = state["metrics"]["actor"]
+    nonzero = p[:6] != 0
+    assert float(actor_metrics["stochasticity"]) == pytest.approx(np.mean(abs(delta) / np.abs(p[:6][nonzero])),
+                                                                  rel=1e-5)
+    assert float(actor_metrics["noise_share"]) == pytest.approx(1.0, rel=1e-5)
+    assert np.isnan(state["metrics"]["critic"]["stochasticity"])  # no actor parameters there

@@ -17,6 +17,7 @@ import open_es  # noqa: E402
 import optim4rl_metagrad  # noqa: E402
 import ppo  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=4, num_steps=8, total_timesteps=64,
                num_minibatches=2, update_epochs=1, width=8, eval_episodes=4, eval_max_steps=10, log_every=0)
 
@@ -124,13 +125,14 @@ def test_every_registered_optimizer_trains_a_tiny_agent():
 
 def test_tune_then_report_round_trip(tmp_path, monkeypatch):
     """A tiny sweep writes the best setting per optimizer into the tuning file (merged, not overwritten), and the
-    report reads it back and writes its table and plots."""
+    report reads it back and writes its table and plots, here with one of the OPEN authors' released optimizers."""
     monkeypatch.setitem(baselines.TASKS, "tiny", TINY)
     monkeypatch.setitem(baselines.LEARNING_RATE_RANGES, "tiny", baselines.MINATAR_RANGES)
     tuned_path = tmp_path / "tuned.json"
     tuned_path.write_text(json.dumps({"Other-env": {"ppo": {}, "optimizers": {"adam": {"final_return": 1.0}}}}))
     config = baselines.BaselinesConfig(tasks=("tiny",), optimizers=("adam",), num_learning_rates=2,
-                                       betas=(0.9,), anneal=(False,), tune_seeds=2, eval_seeds=3, learned=(),
+                                       betas=(0.9,), anneal=(False,), tune_seeds=2, eval_seeds=3,
+                                       learned=(os.path.join(ROOT, "trained", "authors", "breakout_OPEN.npy"),),
                                        bootstrap_reps=100, tuned_path=str(tuned_path), out_dir=str(tmp_path / "out"))
     baselines.main(config)
     tuned = json.loads(tuned_path.read_text())
@@ -141,7 +143,7 @@ def test_tune_then_report_round_trip(tmp_path, monkeypatch):
     assert max(np.mean(sweep["adam"]["final_returns"], 1)) == pytest.approx(adam["final_return"])
     assert tuned["Catch-bsuite"]["ppo"]["num_envs"] == TINY.num_envs
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| tiny | adam |" in table
+    assert "| tiny | adam |" in table and "| tiny | breakout_OPEN |" in table
     assert (tmp_path / "out" / "iqm.png").exists() and (tmp_path / "out" / "returns_tiny.png").exists()
     assert not list(tmp_path.glob("**/*.tmp"))
 
@@ -159,3 +161,10 @@ def test_tune_then_report_round_trip(tmp_path, monkeypatch):
 def test_bad_input_is_refused_before_compiling(change, message):
     with pytest.raises(ValueError, match=message):
         baselines.validate(replace(baselines.BaselinesConfig(), **change))
+
+
+def test_a_bad_npy_optimizer_is_refused_before_compiling(tmp_path):
+    path = str(tmp_path / "short.npy")
+    np.save(path, np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match=f"{path}.*1211 .* or 3571"):
+        baselines.validate(replace(baselines.BaselinesConfig(), learned=(path,)))

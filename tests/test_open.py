@@ -68,29 +68,46 @@ def test_inputs_are_normalised_per_tensor_and_carry_the_context():
     for start, size in ((0, 4), (4, 20)):  # second moment ~1 per channel within each tensor
         block = inputs[start:start + size, :15]
         np.testing.assert_allclose(jnp.mean(block ** 2, axis=0), 1.0, rtol=1e-3)
-    np.testing.assert_allclose(inputs[:, 15], 0.25)
-    np.testing.assert_allclose(inputs[:, 16], 0.75)
-    np.testing.assert_allclose(inputs[:, 17], dormancy)
-    np.testing.assert_allclose(inputs[:, 18], layer)
-    # sign channels keep the sign of the raw gradient
-    np.testing.assert_array_equal(jnp.sign(inputs[:4, 0]), jnp.sign(grads["b"]))
+    np.testing.assert_allclose(inputs[:, 15], 0.25)  # training, layer, batch proportion, dormancy (authors' order)
+    np.testing.assert_allclose(inputs[:, 16], layer)
+    np.testing.assert_allclose(inputs[:, 17], 0.75)
+    np.testing.assert_allclose(inputs[:, 18], dormancy)
+    # sign channels keep the sign of the raw gradient (channel 13) and of the momenta (1-6)
+    np.testing.assert_array_equal(jnp.sign(inputs[:4, 13]), jnp.sign(grads["b"]))
+    np.testing.assert_array_equal(jnp.sign(inputs[:4, 1]), jnp.sign(grads["b"]))
 
 
-def test_ppo_hands_the_optimizer_training_and_batch_proportions():
+def test_ppo_hands_the_optimizer_the_authors_context():
+    """One optimizer call per minibatch on actor and critic together, with the authors' train.py context: at
+    minibatch step t, training proportion (t // (N_mb L)) / (N_updates - 1), batch proportion ((t // N_mb) mod L) /
+    (L - 1); layer proportion i / (n_layers - 1) of the i-th Dense layer; the actor mask; dormancy (E|h| + 1e-11) /
+    mean(E|h| + 1e-11), tiled over each neuron's fan-in (calc_dormancy)."""
     config = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=4, num_steps=8, total_timesteps=96,
                      num_minibatches=2, update_epochs=2, width=4, eval_episodes=1, eval_max_steps=2, log_every=0)
     seen = []
 
     def spy(_):
-        def update(grads, state, params=None, training_proportion=None, batch_proportion=None, **context):
-            jax.debug.callback(lambda tp, bp: seen.append((float(tp), float(bp))), training_proportion,
-                               batch_proportion, ordered=True)
+        def update(grads, state, params=None, training_proportion=None, batch_proportion=None, layer_proportion=None,
+                   actor_mask=None, dormancy=None, **context):
+            assert set(grads) == {"actor", "critic"}
+            layers = [tree[net]["params"][name]["kernel"][0, 0] for tree in (layer_proportion, actor_mask)
+                      for net in ("actor", "critic") for name in ("hidden_0", "hidden_1", "output")]
+            kernel, bias = (dormancy["actor"]["params"]["hidden_1"][k] for k in ("kernel", "bias"))
+            jax.debug.callback(lambda *x: seen.append(x), training_proportion, batch_proportion, *layers,
+                               jnp.abs(kernel - bias[None]).max(), bias.mean(), ordered=True)
             return jax.tree.map(jnp.zeros_like, grads), state
         return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
     jax.block_until_ready(jax.jit(ppo.make_train(config, spy))(jax.random.PRNGKey(0), {}))
-    expected = [(u / 3, epoch / 2) for u in range(3) for epoch in range(2) for _ in range(2) for _net in range(2)]
-    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+    num_updates, epochs, minibatches = 3, 2, 2
+    expected = [((t // (minibatches * epochs)) / (num_updates - 1), ((t // minibatches) % epochs) / (epochs - 1),
+                 0.0, 0.5, 1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+                for t in range(num_updates * epochs * minibatches)]
+    np.testing.assert_allclose(np.array(seen, np.float64), expected, rtol=1e-6, atol=1e-7)
+    activation = np.array([[0.0, 2.0, -1.0], [0.0, -4.0, 3.0]])  # batch 2, 3 neurons (the first dead)
+    mean_abs = np.abs(activation).mean(0) + 1e-11
+    np.testing.assert_allclose(ppo.dormancy_scores(jnp.asarray(activation), 1e-11), mean_abs / mean_abs.mean(),
+                               rtol=1e-6)
 
 
 def test_plain_optax_use_trains_a_toy_regression_without_context():
@@ -177,6 +194,9 @@ def test_a_checkpoint_of_another_size_is_refused(tmp_path):
     (dict(optimizer="optim4rl", separated=True), "not 'optim4rl'"),
     (dict(task_sampling=True), "task_sampling needs a gridworld distribution, got 'Catch-bsuite'"),
     (dict(tasks=("Catch-bsuite",), adam_returns=(-1.0,)), "must be positive"),
+    (dict(es_init="normal"), "unknown es_init 'normal'; valid: random, zeros"),
+    (dict(es_b1=1.0), r"es_b1 must be in \[0, 1\), got 1.0"),
+    (dict(ppo=replace(open_es.CATCH, time_limit="ignore")), "unknown time_limit 'ignore'; valid: bootstrap, terminal"),
 ])
 def test_bad_input_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
@@ -191,9 +211,144 @@ def test_unknown_preset_is_refused():
 def test_saved_state_round_trips(tmp_path):
     meta = open_es.init_meta_params(CONFIG, jax.random.PRNGKey(3))
     path = str(tmp_path / "o.msgpack")
-    open_es.save_atomic(path, {"config": json.dumps(asdict(CONFIG)),
-                               "meta_params": serialization.to_state_dict(meta)})
+    payload = {"config": json.dumps(asdict(CONFIG)), "meta_params": serialization.to_state_dict(meta)}
+    open_es.save_atomic(path, dict(payload, inputs=json.dumps(open_es.INPUTS)))
     config, loaded = open_es.load_optimizer(path)
     assert config == CONFIG
     for a, b in zip(jax.tree.leaves(meta), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)
+    # A file from before the authors' input order (no "inputs"): its GRU input rows are put in today's order.
+    open_es.save_atomic(path, payload)
+    _, legacy = open_es.load_optimizer(path)
+    rows = [open_es.LEGACY_INPUTS.index(name) for name in open_es.INPUTS]
+    for gate in ("ir", "iz", "in"):
+        np.testing.assert_array_equal(legacy["params"]["GRUCell_0"][gate]["kernel"],
+                                      meta["params"]["GRUCell_0"][gate]["kernel"][np.array(rows)])
+    np.testing.assert_array_equal(legacy["params"]["GRUCell_0"]["hr"]["kernel"],
+                                  meta["params"]["GRUCell_0"]["hr"]["kernel"])
+
+
+# ----------------------------------------------------------------------------------------------- the authors' files
+AUTHORS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trained", "authors")
+
+
+def authors_tree(flat, gru, hidden):
+    """The authors' released vector split as jax.flatten_util.ravel_pytree lays out their tree (keys sorted):
+    gru_params (flax GRUCell: hn, hr, hz, in, ir, iz), then params (Sequential layers_0, 1, 3, 4, 6)."""
+    shapes = [("hn_b", (gru,)), ("hn_k", (gru, gru)), ("hr_k", (gru, gru)), ("hz_k", (gru, gru)),
+              ("in_b", (gru,)), ("in_k", (19, gru)), ("ir_b", (gru,)), ("ir_k", (19, gru)), ("iz_b", (gru,)),
+              ("iz_k", (19, gru)), ("d0_b", (hidden,)), ("d0_k", (gru, hidden)), ("ln0_b", (hidden,)),
+              ("ln0_s", (hidden,)), ("d1_b", (hidden,)), ("d1_k", (hidden, hidden)), ("ln1_b", (hidden,)),
+              ("ln1_s", (hidden,)), ("d2_b", (3,)), ("d2_k", (hidden, 3))]
+    tree, start = {}, 0
+    for name, shape in shapes:
+        tree[name] = flat[start:start + int(np.prod(shape))].reshape(shape).astype(np.float64)
+        start += int(np.prod(shape))
+    assert start == flat.size
+    return tree
+
+
+def authors_update(w, p, g, m, h, context, eps):
+    """One tensor of the authors' network.py (GRU_Opt.opt_fn, _update_tensor) in numpy: returns (u before the
+    zero-mean, new momenta, new hidden state). p, g: (n,); m: (n, 6); h: (n, G); context: (tp, lp, bp, dormancy)."""
+    betas = np.array([0.1, 0.5, 0.9, 0.99, 0.999, 0.9999])
+    m = m * betas + (1 - betas) * g[:, None]
+    x = np.concatenate([p[:, None], np.sign(m), np.log(np.abs(m) + 1e-13), np.sign(g)[:, None],
+                        np.log(np.abs(g) + 1e-13)[:, None]], 1)
+    x = x / np.sqrt(1e-5 + np.mean(x ** 2, 0))
+    tp, lp, bp, dormancy = context
+    x = np.concatenate([x, np.full((len(p), 1), tp), np.full((len(p), 1), lp), np.full((len(p), 1), bp),
+                        dormancy[:, None]], 1)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    r = sigmoid(x @ w["ir_k"] + w["ir_b"] + h @ w["hr_k"])
+    z = sigmoid(x @ w["iz_k"] + w["iz_b"] + h @ w["hz_k"])
+    n = np.tanh(x @ w["in_k"] + w["in_b"] + r * (h @ w["hn_k"] + w["hn_b"]))
+    h = (1 - z) * n + z * h
+    y = h
+    for dense, norm in (("d0", "ln0"), ("d1", "ln1")):
+        y = y @ w[f"{dense}_k"] + w[f"{dense}_b"]
+        y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-6) * w[f"{norm}_s"] + \
+            w[f"{norm}_b"]
+        y = np.maximum(y, 0)
+    out = y @ w["d2_k"] + w["d2_b"]
+    u = out[:, 0] * 1e-3 * np.exp(out[:, 1] * 1e-3) + out[:, 2] * 1e-3 * eps
+    return u, m, h
+
+
+@pytest.mark.parametrize("name, gru, hidden", [("breakout_OPEN.npy", 8, 16), ("multi_OPEN.npy", 16, 32)])
+def test_released_optimizer_updates_as_the_authors(name, gru, hidden):
+    """Two updates of a small actor and critic by a released optimizer equal the authors' network.py restated in
+    numpy: inputs in their order, log eps 1e-13, noise on the actor from one key per leaf, one zero-mean over actor
+    and critic together."""
+    path = os.path.join(AUTHORS, name)
+    weights = authors_tree(np.load(path), gru, hidden)
+    rng = np.random.default_rng(0)
+    shapes = {"actor": {"params": {"Dense_0": {"bias": (3,), "kernel": (4, 3)}, "Dense_1": {"bias": (2,),
+                                                                                           "kernel": (3, 2)}}},
+              "critic": {"params": {"Dense_0": {"bias": (3,), "kernel": (4, 3)}, "Dense_1": {"bias": (1,),
+                                                                                            "kernel": (3, 1)}}}}
+    is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+    params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes, is_leaf=is_shape)
+    layer = {net: {"params": {name: jax.tree.map(lambda s, v=float(i): np.full(s, v, np.float32), tensors,
+                                                 is_leaf=is_shape)  # layer proportion i / (2 - 1)
+                              for i, (name, tensors) in enumerate(shapes[net]["params"].items())}}
+             for net in shapes}
+    neuron = jax.tree.map(lambda s: rng.uniform(0.2, 2.0, s[-1]).astype(np.float32), shapes, is_leaf=is_shape)
+    dormancy = jax.tree.map(lambda s, d: np.broadcast_to(d, s).astype(np.float32), shapes, neuron, is_leaf=is_shape)
+    mask = {"actor": jax.tree.map(np.ones_like, params["actor"]), "critic": jax.tree.map(np.zeros_like,
+                                                                                         params["critic"])}
+    optimizer_fn, meta_params = open_es.learned_optimizer(path)
+    optimizer = optimizer_fn(meta_params)
+    state = optimizer.init(params)
+    leaves = jax.tree.leaves(params)
+    theirs = {"m": [np.zeros((x.size, 6)) for x in leaves], "h": [np.zeros((x.size, gru)) for x in leaves]}
+    for step, (tp, bp) in enumerate(((0.0, 1 / 3), (0.5, 1.0))):
+        grads = jax.tree.map(lambda p: (rng.normal(size=p.shape) * 10.0 ** rng.integers(-9, -1, p.shape)
+                                        ).astype(np.float32), params)
+        grads["actor"]["params"]["Dense_1"]["bias"][0] = 0.0  # an exact zero: log(0 + 1e-13)
+        key = jax.random.PRNGKey(step)
+        updates, state = optimizer.update(grads, state, params, training_proportion=tp, batch_proportion=bp,
+                                          dormancy=dormancy, layer_proportion=layer, actor_mask=mask, key=key)
+        # theirs: each leaf of {"actor", "critic"} with its own key (jax.random.split over the leaves)
+        u, leaves = [], jax.tree.leaves(params)
+        for i, (k, p, g, lp, d, a) in enumerate(zip(jax.random.split(key, len(leaves)), leaves,
+                                                     jax.tree.leaves(grads), jax.tree.leaves(layer),
+                                                     jax.tree.leaves(dormancy), jax.tree.leaves(mask))):
+            eps = np.asarray(jax.random.normal(k, p.shape), np.float64).ravel() * a.ravel()
+            u_i, theirs["m"][i], theirs["h"][i] = authors_update(
+                weights, p.ravel().astype(np.float64), g.ravel().astype(np.float64), theirs["m"][i], theirs["h"][i],
+                (tp, float(lp.ravel()[0]), bp, d.ravel().astype(np.float64)), eps)
+            u.append(u_i)
+        u = np.concatenate(u)
+        expected = -(u - u.mean())  # p <- p - (u - mean u), as an optax update
+        ours = np.asarray(jax.flatten_util.ravel_pytree(updates)[0], np.float64)
+        difference = np.abs(ours - expected).max() / np.abs(expected).max()
+        print(f"{name}, update {step + 1}: max |ours - authors'| / max |authors'| = {difference:.1e}")
+        assert difference < 1e-5  # float32 rounding (measured about 1e-6)
+        assert np.abs(u.mean()) > 1e-3 * np.abs(u).max()  # the joint zero-mean matters here
+        params = jax.tree.map(lambda p, d: (p + np.asarray(d)).astype(np.float32), params, updates)
+
+
+def test_bad_npy_files_are_refused_with_the_valid_lengths(tmp_path):
+    with open(os.path.join(AUTHORS, "breakout_OPEN.npy"), "rb") as f:
+        released = f.read()
+    truncated, wrong_length, wrong_type = (str(tmp_path / n) for n in ("cut.npy", "long.npy", "double.npy"))
+    with open(truncated, "wb") as f:
+        f.write(released[:-40])
+    np.save(wrong_length, np.zeros(1212, np.float32))
+    np.save(wrong_type, np.zeros(1211, np.float64))
+    for path in (truncated, wrong_length, wrong_type):
+        with pytest.raises(ValueError, match=f"{path}.*1211 \\(GRU 8, hidden 16\\) or 3571 \\(GRU 16, hidden 32\\)"):
+            open_es.learned_optimizer(path)
+    config, meta = open_es.load_optimizer(os.path.join(AUTHORS, "multi_OPEN.npy"))
+    assert (config.gru_size, config.hidden_size) == (16, 32)
+    assert jax.flatten_util.ravel_pytree(meta)[0].size == 3571
+
+
+def test_paper_presets_start_es_at_zero_with_the_authors_adam():
+    for name in ("breakout", "multitask", "gridworld", "ant"):
+        config = replace(CONFIG, **open_es.PRESETS[name])
+        assert (config.es_init, config.es_b1) == ("zeros", 0.99)
+        assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(open_es.initial_mean(config)))
+    assert replace(CONFIG, **open_es.PRESETS["breakout"]).ppo.time_limit == "terminal"
+    assert float(jnp.abs(jax.flatten_util.ravel_pytree(open_es.initial_mean(CONFIG))[0]).max()) > 0  # CPU default
