@@ -311,22 +311,36 @@ def update_from_outputs(outputs, noise, config):
 
 
 def open_optimizer(config):
-    """`optimizer_fn(meta_params)` -> the OPEN optax transformation (Algorithm 1). All parameters are handled as
-    one flat vector of N entries; the state holds six momenta m = b m + (1 - b) g (6, N) and a GRU hidden state
-    (N, gru_size). The noise eps of leaf i of the tree is jax.random.normal(keys[i], leaf shape) with
+    """`optimizer_fn(meta_params)` -> the OPEN optax transformation (Algorithm 1), used like any optax optimizer:
+    `updates, state = tx.update(grads, state, params, **context)`. All parameters are handled as one flat vector of N
+    entries; the state holds six momenta m = b m + (1 - b) g (6, N) and a GRU hidden state (N, gru_size).
+
+    `params` is required (OPEN reads each parameter's value; only 'No Features' does not, Sec. 6.1). The
+    context, keyword arguments that ppo.py and a2c.py pass every update, has defaults for plain optax loops:
+        training_proportion  0.0   scalar in [0, 1]: update / (N_updates - 1), how far training has come
+        batch_proportion     0.0   scalar in [0, 1]: epoch / (L - 1), the epoch within PPO's L epochs on one batch
+        dormancy             None  tree like params: eq. 6 score of each parameter's neuron; None: 1 (not dormant)
+        layer_proportion     None  tree like params: layer / (n_layers - 1) in its network; None: 1
+        actor_mask           None  tree like params: 1 on actor parameters, which get the learned noise
+        key                  None  PRNG key of that noise; without actor_mask and key the update is deterministic
+    The noise eps of leaf i of the tree is jax.random.normal(keys[i], leaf shape) with
     keys = jax.random.split(key, number of leaves), as in the authors' network.py.
     Separated (Sec. 7.2): meta_params = {"actor": ..., "critic": ...}, each parameter updated by its network's."""
     network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
     betas = jnp.asarray(MOMENTUM_BETAS)[:, None]
     columns = np.asarray(input_columns(config))
+    needs_params = INPUTS.index("parameter") in columns
 
     def optimizer_fn(meta_params):
         def init(params):
             size = jax.flatten_util.ravel_pytree(params)[0].size
             return {"momenta": jnp.zeros((len(MOMENTUM_BETAS), size)), "hidden": jnp.zeros((size, config.gru_size))}
 
-        def update(grads, state, params, training_proportion=0.0, batch_proportion=0.0, dormancy=None,
+        def update(grads, state, params=None, training_proportion=0.0, batch_proportion=0.0, dormancy=None,
                    layer_proportion=None, actor_mask=None, key=None, **_):
+            if params is None and needs_params:
+                raise ValueError("OPEN reads the parameters' values: call update(grads, state, params, ...); "
+                                 "params=None works only for optimizer 'no_features'")
             grad, unravel = jax.flatten_util.ravel_pytree(grads)
 
             def flat(tree, default):
@@ -334,7 +348,7 @@ def open_optimizer(config):
 
             leaves = jax.tree.leaves(grads)
             momenta = betas * state["momenta"] + (1 - betas) * grad
-            inputs = optimizer_inputs(grad, momenta, flat(params, None), [g.size for g in leaves],
+            inputs = optimizer_inputs(grad, momenta, flat(params, jnp.zeros_like(grad)), [g.size for g in leaves],
                                       jnp.float32(training_proportion), jnp.float32(batch_proportion),
                                       flat(dormancy, jnp.ones_like(grad)), flat(layer_proportion, jnp.ones_like(grad)))
             inputs, actor = inputs[:, columns], flat(actor_mask, jnp.zeros_like(grad))
@@ -592,6 +606,12 @@ def learned_optimizer(path):
     `train(rng, optimizer_params)`."""
     config, meta_params = load_optimizer(path)
     return learned_optimizer_fn(config), meta_params
+
+
+def learned_transformation(path):
+    """The optax transformation of a learned optimizer file (as `learned_optimizer`), for anyone's optax loop."""
+    optimizer_fn, meta_params = learned_optimizer(path)
+    return optimizer_fn(meta_params)
 
 
 # ----------------------------------------------------------------------------------------------- the main job
