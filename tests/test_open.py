@@ -123,6 +123,18 @@ def test_plain_optax_use_trains_a_toy_regression_without_context():
     assert jnp.all(jnp.isfinite(params["w"])) and float(jnp.abs(params["w"]).max()) > 0
 
 
+def test_optax_convention_params_default_to_none_and_open_asks_for_them():
+    grads, params = {"w": jnp.array([0.3, -1e-4])}, {"w": jnp.array([1.0, 2.0])}
+    optimizer = open_es.open_optimizer(CONFIG)(open_es.init_meta_params(CONFIG, jax.random.PRNGKey(0)))
+    with pytest.raises(ValueError, match="OPEN reads the parameters' values: call update\\(grads, state, params"):
+        optimizer.update(grads, optimizer.init(params))
+    assert np.isfinite(optimizer.update(grads, optimizer.init(params), params)[0]["w"]).all()
+    no_features = replace(CONFIG, optimizer="no_features")  # gradient and momenta only: params may be left out
+    optimizer = open_es.open_optimizer(no_features)(open_es.init_meta_params(no_features, jax.random.PRNGKey(0)))
+    np.testing.assert_array_equal(optimizer.update(grads, optimizer.init(params))[0]["w"],
+                                  optimizer.update(grads, optimizer.init(params), params)[0]["w"])
+
+
 def quadratic_es(config, target):
     """The repo's ES generation on a toy fitness with a known optimum: return = -|x - target|^2."""
     solution = jnp.zeros_like(target)
