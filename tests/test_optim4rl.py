@@ -319,7 +319,8 @@ def test_checkpoint_write_is_atomic(trained, monkeypatch):
 def test_eval_loads_a_checkpoint_and_compares_with_adam_and_rmsprop(trained):
     config, state = trained
     results = om.main(replace(om.Optim4RLConfig(), eval=config.run_dir, eval_timesteps=2_560, eval_seeds=2))
-    assert set(results) == {"Optim4RL (learned)", "Optim4RL (init)", "Adam", "RMSprop"}
+    baselines = {f"{name} (lr {lr:g})" for name in ("Adam", "RMSprop") for lr in config.eval_baseline_lrs}
+    assert set(results) == {"Optim4RL (learned)", "Optim4RL (init)"} | baselines  # the checkpoint's lr sweep
     assert all(len(r["final_returns"]) == 2 and np.isfinite(r["mean"]) for r in results.values())
     assert os.path.exists(os.path.join(config.run_dir, "eval_Catch-bsuite.png"))
 
@@ -360,6 +361,47 @@ def test_learned_optimizer_trains_ppo_through_the_interface(trained):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(out["params"]))
 
 
+# ----------------------------------------------------------------------------------------------- presets
+def preset(name):
+    return replace(om.Optim4RLConfig(), **om.PRESETS[name])
+
+
+def test_presets_follow_the_authors_configs():
+    """sail-sg/optim4rl: configs/meta_rl_catch.json, a2c_catch.json, meta_rl_sdl.json, meta_rl_bdl.json,
+    meta_rl_grid.json, a2c_grid.json, lopt_rl_*.json; the feature nets of components/network.py."""
+    catch = preset("catch")
+    assert (catch.num_units, catch.envs_per_unit, catch.agent_lr, catch.reset_interval) == (64, 1, 1e-3, 32)
+    assert (catch.meta_grad_clip_mode, catch.meta_grad_clip, preset("catch_m64").reset_interval) == (
+        "global_norm", 0.5, 64)
+    assert (preset("catch_elementwise_clip").meta_grad_clip_mode, preset("catch_elementwise_clip").meta_grad_clip) \
+        == ("elementwise", 1.0)
+    unit, evaluation = om.unit_agent_config(catch), om.eval_agent_config(catch)
+    assert (unit.num_envs, unit.torso, unit.width, unit.grad_clip) == (1, "mlp", 256, 0.0)  # D256
+    assert (evaluation.num_envs, evaluation.total_timesteps, evaluation.learning_rate) == (64, 500_000, 1e-3)
+    assert catch.eval_baseline_lrs == ()  # a2c_catch.json: Adam and RMSprop at 1e-3 alone
+    assert preset("small_dense_long").agent_lr == 3e-2 and preset("big_dense_long").agent_lr == 3e-3
+    for name, torso in (("small_dense_long", "mlp"), ("big_dense_long", "conv"), ("six_gridworlds", "conv")):
+        config = preset(name)
+        evaluation = om.eval_agent_config(config)
+        assert (config.num_units, config.envs_per_unit, evaluation.num_envs, evaluation.total_timesteps) == (
+            512, 1, 512, 30_000_000)
+        assert (evaluation.torso, evaluation.width, evaluation.grad_clip) == (torso, 32, 1.0)
+        assert config.eval_baseline_lrs == (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+    six = preset("six_gridworlds")
+    assert {name: om.unit_agent_config(six, name).learning_rate for name in six.tasks} == {
+        "small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3, "big_dense_short": 3e-3,
+        "big_sparse_long": 1e-3, "big_dense_long": 3e-3}
+
+
+def test_meta_gradient_clip_is_global_norm_or_element_wise():
+    grads = {"a": jnp.array([3.0, -0.5]), "b": jnp.array([4.0])}  # global norm 5.025
+    for config, expected in ((preset("catch"), [3.0 * 0.5 / 5.025, -0.5 * 0.5 / 5.025, 4.0 * 0.5 / 5.025]),
+                             (preset("catch_elementwise_clip"), [1.0, -0.5, 1.0])):
+        clip = om.meta_gradient_clip(config)
+        clipped, _ = clip.update(grads, clip.init(grads))
+        np.testing.assert_allclose(np.concatenate([clipped["a"], clipped["b"]]), expected, rtol=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("field, value, message", [
     ("architecture", "lstm", "unknown architecture 'lstm'; valid: optim4rl, linear_optim, l2lgd2"),
@@ -377,6 +419,9 @@ def test_learned_optimizer_trains_ppo_through_the_interface(trained):
     ("eval_seeds", 1, "eval_seeds must be at least 2"),
     ("eval_timesteps", 100, "total_timesteps = 100 is less than one rollout"),
     ("meta_lr", 0.0, "meta_lr must be positive"),
+    ("meta_grad_clip_mode", "norm", "unknown meta_grad_clip_mode 'norm'; valid: global_norm, elementwise"),
+    ("task_lrs", (1e-3,), r"task_lrs \(0.001,\) must give one lr per task of \(\)"),
+    ("eval_baseline_lrs", (1e-3, -1.0), r"learning rates must be positive, got .* eval_baseline_lrs \(0.001, -1.0\)"),
     ("eval", "runs/nowhere/checkpoint.npz", "eval: no checkpoint at 'runs/nowhere/checkpoint.npz'"),
 ])
 def test_bad_input_is_refused_before_compiling(field, value, message, tmp_path, monkeypatch):
