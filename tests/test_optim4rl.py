@@ -14,9 +14,10 @@ import a2c
 import optim4rl_metagrad as om
 import ppo
 
-# 16 units of 16 envs, 40 meta-steps at a high meta-lr: about 30 s on a 2-core CPU, compiled once for all tests
-TINY = replace(om.Optim4RLConfig(), num_units=16, reset_interval=8, num_meta_steps=40,
-               checkpoint_every=10, meta_lr=3e-2, eval_timesteps=128_000, eval_seeds=2)
+# 4 units of 16 envs (Catch agents of 14,084 parameters, Dense 256), 40 meta-steps at a high meta-lr, compiled once
+# for all tests
+TINY = replace(om.Optim4RLConfig(), num_units=4, envs_per_unit=16, reset_interval=4, num_meta_steps=40,
+               checkpoint_every=10, meta_lr=3e-2, eval_timesteps=64_000, eval_seeds=2, eval_baseline_lrs=(1e-3, 3e-3))
 
 
 def leaves_equal(a, b):
@@ -198,7 +199,7 @@ def test_multi_task_meta_gradient_is_the_mean_of_the_single_task_meta_gradients(
 
 def test_rematerialised_and_unit_chunked_meta_gradient_equals_plain():
     plain = replace(TINY, num_units=4, envs_per_unit=2, inner_updates=2)
-    memory_saving = replace(plain, remat=True, remat_chunk=300, unit_chunk=2)  # 1,764 Catch parameters: 6 chunks
+    memory_saving = replace(plain, remat=True, remat_chunk=3000, unit_chunk=2)  # 14,084 Catch parameters: 5 chunks
     state = om.make_meta_training(plain).init_state(jax.random.PRNGKey(0))
     meta = randomized(state.meta_params)
     keys = jax.random.split(jax.random.PRNGKey(1), (1, plain.num_units))
@@ -212,7 +213,7 @@ def test_rematerialised_and_unit_chunked_meta_gradient_equals_plain():
     for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     tx = optimizer(memory_saving, meta, 1e-3)
-    jaxpr = str(jax.make_jaxpr(lambda g: tx.update(g, tx.init(g)))(jnp.ones(1764)))
+    jaxpr = str(jax.make_jaxpr(lambda g: tx.update(g, tx.init(g)))(jnp.ones(14084)))
     assert "checkpoint" in jaxpr or "remat" in jaxpr
 
 
@@ -253,7 +254,8 @@ def test_short_meta_training_improves_the_learned_optimizer(trained):
         for name, meta in (("init", om.init_meta_params(config, jax.random.PRNGKey(config.seed))),
                            ("learned", state.meta_params))}
     assert int(state.skipped) == 0
-    assert returns["learned"] > returns["init"] + 0.8, returns  # -0.55 (random) before, 0.8 to 0.97 after (seeds 0-5)
+    # sign-SGD at initialisation about -0.47 / -0.35, learned 0.60 / 0.97 (meta-training seeds 0 / 1, one CPU)
+    assert returns["learned"] > returns["init"] + 0.8, returns
 
 
 def test_killed_run_resumes_to_the_same_meta_parameters(trained, tmp_path):
@@ -410,7 +412,7 @@ def test_meta_gradient_clip_is_global_norm_or_element_wise():
     ("eval_env", "Pong-v5", "unknown env_name 'Pong-v5' for A2C"),
     ("tasks", ("big_dense_long", "Catch-bsuite"), "tasks must be distinct Optim4RL gridworlds"),
     ("tasks", ("big_dense_long", "big_dense_long"), "tasks must be distinct Optim4RL gridworlds"),
-    ("unit_chunk", 3, "unit_chunk must be 0 or divide num_units = 16, got 3"),
+    ("unit_chunk", 3, "unit_chunk must be 0 or divide num_units = 4, got 3"),
     ("remat_chunk", 0, "remat_chunk must be positive, got 0"),
     ("reset_interval", 0, "reset_interval must be at least 1, got 0"),
     ("num_units", 0, "num_units must be positive, got 0"),
