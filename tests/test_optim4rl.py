@@ -178,14 +178,14 @@ def test_meta_gradient_matches_finite_differences():
 
 def test_multi_task_meta_gradient_is_the_mean_of_the_single_task_meta_gradients():
     base = replace(om.Optim4RLConfig(), env_name="small_dense_short", num_units=2, envs_per_unit=1, inner_updates=1)
-    tasks = ("small_dense_short", "big_dense_short")
-    training = om.make_meta_training(replace(base, tasks=tasks))
+    tasks, lrs = ("small_dense_short", "big_dense_short"), (1e-3, 3e-2)  # each task at its own agent lr
+    training = om.make_meta_training(replace(base, tasks=tasks, task_lrs=lrs))
     state = training.init_state(jax.random.PRNGKey(0))
     meta = randomized(state.meta_params)
     keys = jax.random.split(jax.random.PRNGKey(1), (2, base.num_units))
     (loss, (units, returns)), grads = training.meta_gradient(meta, state.units, keys)
-    singles = [om.make_meta_training(replace(base, tasks=(name,))).meta_gradient(meta, (state.units[i],), keys[i:i + 1])
-               for i, name in enumerate(tasks)]
+    singles = [om.make_meta_training(replace(base, tasks=(name,), agent_lr=lr)).meta_gradient(
+        meta, (state.units[i],), keys[i:i + 1]) for i, (name, lr) in enumerate(zip(tasks, lrs))]
     np.testing.assert_allclose(loss, (singles[0][0][0] + singles[1][0][0]) / 2, rtol=1e-5)
     for i, single in enumerate(singles):  # the same data: each task's units end where its single-task run ends
         for a, b in zip(jax.tree.leaves(single[0][1][0][0].params), jax.tree.leaves(units[i].params)):
