@@ -147,7 +147,7 @@ def make_agent(config, env_params=None):
             action = distrax.Categorical(logits=logits).sample(seed=action_key)
             next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
                 jax.random.split(env_key, config.num_envs), env_state, action, env_params)
-            bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
+            bootstrap = truncated & ~terminated  # a time limit (Brax; gridworld horizon="truncation") is not an end
             reward = reward + config.gamma * network.apply(params, info["final_observation"])[1] * bootstrap
             return (env_state, next_obs), dict(obs=obs, action=action, reward=reward,
                                                done=(terminated | truncated).astype(jnp.float32))
