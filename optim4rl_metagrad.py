@@ -581,8 +581,8 @@ def evaluate(config, meta_params, out_dir):
             runs[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
     seeds = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds))
     print(f"\n{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps x "
-          f"{config.eval_seeds} seeds, "
-          f"lr {agent_cfg.learning_rate} (Adam, RMSprop: {config.eval_baseline_lrs or 'the same'}); final return = mean over {agent_cfg.eval_episodes} episodes")
+          f"{config.eval_seeds} seeds, lr {agent_cfg.learning_rate} (Adam, RMSprop: "
+          f"{config.eval_baseline_lrs or 'the same'}); final return = mean over {agent_cfg.eval_episodes} episodes")
     results, trains = {}, {}  # one compiled program per optimizer function
     for name, (fn, optimizer_params) in runs.items():
         start = time.time()
