@@ -1,11 +1,12 @@
 """A2C (Mnih et al., 2016) as used by Optim4RL (Lan et al., 2023, App. C), with a pluggable optax-shaped optimizer.
 
-    python a2c.py                             # Catch, Adam lr 1e-3, 4 seeds, well under a minute on a laptop CPU
+    python a2c.py                             # Catch, Adam lr 1e-3, 5e5 steps, 4 seeds (the authors' a2c_catch.json)
     python a2c.py --preset big_dense_long     # an Optim4RL gridworld (Table 2) with its network and learning rate
 
-Settings from Optim4RL App. C: rollouts of 20 steps, discount 0.995, GAE lambda 0.95, critic weight 0.5, entropy
-weight 0.01, ReLU; a shared feature net (MLP 32 for Catch and small gridworlds, Conv(16, kernel 2) + Dense 32 for big
-gridworlds) with actor and critic heads, all updated by one optimizer.
+Settings from Optim4RL App. C and the authors' configs/a2c_*.json: rollouts of 20 steps, discount 0.995, GAE lambda
+0.95, critic weight 0.5, entropy weight 0.01, ReLU; a shared feature net with linear actor and critic heads, all
+updated by one optimizer. The feature nets are the authors' select_feature_net (components/network.py): Dense 256 for
+Catch, Dense 32 for the small gridworlds, Conv(16, kernel 2) + Dense 32 for the big ones.
 
 `make_agent(config)` exposes the pieces (network, rollout, loss, one update) so that `optim4rl_metagrad.py` can
 differentiate through inner updates; `make_train(config, optimizer_fn)` chains updates into one jitted training run.
@@ -36,16 +37,16 @@ class A2CConfig:
     env_name: str = "Catch-bsuite"  # a gymnax id or a gridworld.LEVELS name (discrete actions)
     num_envs: int = 64  # parallel environments
     rollout_length: int = 20  # steps per env per update (App. C)
-    total_timesteps: int = 2_000_000  # environment steps of the whole run
+    total_timesteps: int = 500_000  # environment steps of the whole run (a2c_catch.json: 5e5)
     gamma: float = 0.995  # discount (App. C)
     gae_lambda: float = 0.95  # lambda of the TD(lambda) / GAE targets (App. C)
     critic_coef: float = 0.5  # critic loss weight (App. C)
     entropy_coef: float = 0.01  # entropy bonus weight (App. C)
-    torso: str = "mlp"  # feature net: "mlp" (Dense 32) or "conv" (Conv 16, kernel 2, then Dense 32)
-    width: int = 32  # units of the feature net's dense layer
+    torso: str = "mlp"  # feature net: "mlp" (one dense layer) or "conv" (Conv 16, kernel 2, then the dense layer)
+    width: int = 256  # units of the feature net's dense layer (Catch: D256; gridworlds: 32; components/network.py)
     grad_clip: float = 0.0  # element-wise clip of agent gradients to +-grad_clip (1.0 in gridworlds; 0: off)
     optimizer: str = "adam"  # a hand-designed optimizer (ppo.OPTIMIZERS), used when running this file
-    learning_rate: float = 1e-3  # agent learning rate (Catch: 1e-3, big_dense_long: 3e-3; App. C.3)
+    learning_rate: float = 1e-3  # agent learning rate (Catch: 1e-3, a2c_catch.json; big_dense_long: 3e-3, App. C.3)
     b1: float = 0.9  # beta1 of adam and lion
     b2: float = 0.999  # beta2 of adam and lion
     decay: float = 0.9  # decay of rmsprop
@@ -59,11 +60,13 @@ class A2CConfig:
     wandb: bool = False  # also log those records to Weights & Biases (the `wandb` extra)
 
 
-# Optim4RL's six gridworlds (Table 2): small ones use the MLP, big ones the conv net; agent gradients clipped to +-1.
-GRIDWORLD = dict(grad_clip=1.0, total_timesteps=30_000_000)
+# Optim4RL's six gridworlds (Table 2; a2c_grid.json): 512 envs, 3e7 steps, agent gradients clipped to +-1; small ones
+# use Dense 32, big ones the conv net. a2c_grid.json sweeps the learning rate over {3e-2, 1e-2, ..., 1e-4}; the one
+# here is App. C.3's (optim4rl_metagrad.py's eval_baseline_lrs runs the sweep).
+GRIDWORLD = dict(grad_clip=1.0, total_timesteps=30_000_000, num_envs=512, width=32)
 PRESETS = {
     "default": {},
-    "catch": dict(env_name="Catch-bsuite", learning_rate=1e-3),
+    "catch": dict(env_name="Catch-bsuite", learning_rate=1e-3, total_timesteps=500_000),  # a2c_catch.json
     **{name: dict(GRIDWORLD, env_name=name, torso="mlp") for name in ("small_dense_short", "small_dense_long")},
     **{name: dict(GRIDWORLD, env_name=name, torso="conv", learning_rate=3e-3)
        for name in ("big_sparse_short", "big_sparse_long", "big_dense_short", "big_dense_long")},
@@ -147,7 +150,7 @@ def make_agent(config, env_params=None):
             action = distrax.Categorical(logits=logits).sample(seed=action_key)
             next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
                 jax.random.split(env_key, config.num_envs), env_state, action, env_params)
-            bootstrap = truncated & ~terminated  # a time limit is not an end: keep the value of where it stopped
+            bootstrap = truncated & ~terminated  # a time limit (Brax; gridworld horizon="truncation") is not an end
             reward = reward + config.gamma * network.apply(params, info["final_observation"])[1] * bootstrap
             return (env_state, next_obs), dict(obs=obs, action=action, reward=reward,
                                                done=(terminated | truncated).astype(jnp.float32))

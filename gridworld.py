@@ -2,14 +2,23 @@
 
 A level is a grid with walls and K object slots. Stepping onto object k pays `obj_reward[k] * reward_scale` and ends
 the episode with probability `obj_p_terminate[k]`; a collected object reappears with probability `obj_p_respawn[k]`
-each later step, at a random free cell (not a wall, the agent or another object). Agent and objects start at random
-free cells every episode; the horizon `max_steps_in_episode` ends an episode as a truncation (gymnax's `is_truncated`).
+per step. Where the papers are silent, the rules follow the authors' code, selectable per env (`RULES`):
+
+- Optim4RL levels (sail-sg/optim4rl, envs/gridworld.py): the Table 2 grid inside a wall border; agent and objects
+  start on random cells each episode; a collected object may respawn in the same step, on any non-wall cell.
+- OPEN levels (EmptyJackson/groove, environments/gridworld/, as pinned by OPEN): the agent starts every episode on its
+  level's fixed start cell; a collected object stays absent at least one step and respawns on a free cell. The three
+  mazes run in groove's tabular mode: objects sit on the level's fixed cells, respawn in place, and the observation
+  is a one-hot over (agent cell, which objects are present).
+- Both: the horizon `max_steps_in_episode` ends an episode as a terminal state (no bootstrap); `horizon="truncation"`
+  makes it a time limit instead (gymnax's `is_truncated`).
 
 A level lives in `EnvParams` with shapes fixed per env instance (maximum grid, cells outside the level's height x
 width blocked, slots past `num_objects` unused), so levels can be sampled inside jit and vmapped:
 
     env, params = make("all")                                   # one fixed sample, usable like any gymnax env
     levels = jax.vmap(lambda k: sample_level(k, env))(keys)     # OPEN's distribution (Table 8), one level per env
+    env, params = make("big_dense_long", respawn="next_step")   # one rule changed
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
@@ -29,8 +38,8 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
-# Optim4RL Table 2: (H, W), objects [reward, p_terminate, p_respawn], horizon. The authors' code surrounds H x W
-# with a wall border that carries no information; the grid here is the paper's H x W.
+# Optim4RL Table 2: (H, W), objects [reward, p_terminate, p_respawn], horizon. The authors' maps (envs/gridworld.py)
+# surround H x W with a wall border (rule `border`, on by default).
 _POS_DENSE, _NEG_DENSE = (1.0, 0.0, 0.5), (-1.0, 0.5, 0.5)
 _POS_SPARSE, _NEG_SPARSE = (1.0, 0.0, 0.05), (-1.0, 0.5, 0.05)
 FIXED_LEVELS = {
@@ -122,10 +131,26 @@ DISTRIBUTIONS = {
 }
 LEVELS = OPTIM4RL_LEVELS + ("all", "rand_dense", "rand_sparse", "rand_long") + tuple(MAZES)
 
-# (row, column) moves. Optim4RL: stay and the 8 neighbours (Appendix B); OPEN: up, down, left, right, stay.
-MOVES = {"optim4rl": ((0, 0), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)),
+# (row, column) moves. Optim4RL: stay and the 8 neighbours (Appendix B), in the order of the authors' move_delta
+# (envs/gridworld.py); OPEN: up, down, left, right, stay (groove's _get_next_pos).
+MOVES = {"optim4rl": ((0, 0), (-1, 0), (0, 1), (1, 0), (0, -1), (1, -1), (1, 1), (-1, 1), (-1, -1)),
          "open": ((-1, 0), (1, 0), (0, -1), (0, 1), (0, 0))}
-OBSERVATIONS = ("binary", "flat")
+# Rules of a level: option -> (choices, default for Optim4RL levels, OPEN levels, mazes). The defaults follow the
+# authors' code (module docstring); every other choice is a named option of `make`.
+RULES = {
+    "actions": (tuple(MOVES), "optim4rl", "open", "open"),
+    # binary: (K objects + agent, H, W) maps (Optim4RL); flat: agent one-hot, a map per object type, time * 0.001
+    # (groove); tabular: one-hot over agent cell x 2^K presence patterns, then time * 0.001 (groove's tabular mode)
+    "observation": (("binary", "flat", "tabular"), "binary", "flat", "tabular"),
+    "border": ((True, False), True, False, False),  # a wall ring around the Optim4RL grid (the authors' maps)
+    "start": (("random", "fixed"), "random", "fixed", "fixed"),  # agent: random free cell, or the level's start cell
+    "objects": (("random", "static"), "random", "random", "static"),  # static: the level's cells, respawn in place
+    # same_step: a collected object may reappear in the step it was taken (Optim4RL); next_step: absent >= 1 step
+    "respawn": (("same_step", "next_step"), "same_step", "next_step", "next_step"),
+    # non_wall: any non-wall cell, even the agent's or another object's (Optim4RL); free: an unoccupied cell
+    "respawn_cells": (("non_wall", "free"), "non_wall", "free", "free"),
+    "horizon": (("terminal", "truncation"), "terminal", "terminal", "terminal"),  # truncation: bootstrap through it
+}
 
 
 @struct.dataclass
@@ -146,29 +171,36 @@ class EnvParams:
     obj_p_terminate: jax.Array       # (K,)
     obj_p_respawn: jax.Array         # (K,)
     reward_scale: jax.Array          # multiplies every reward (Optim4RL Table 3 for the multi-task preset)
+    start: jax.Array                 # the level's agent start cell (start="fixed")
+    obj_start: jax.Array             # (K,) the level's object cells (objects="static")
 
 
 class Gridworld(environment.Environment[EnvState, EnvParams]):
-    """A named level or level distribution with fixed shapes; build it with `make`.
+    """A named level or level distribution with fixed shapes and rules (`RULES`); build it with `make`."""
 
-    actions: 'optim4rl' (9) or 'open' (5). observation: 'binary', (K objects + agent, H, W) maps (Optim4RL), or
-    'flat', OPEN's vector of agent one-hot, one occupancy map per object type and time * 0.001 (authors' code).
-    """
-
-    def __init__(self, level="big_dense_long", actions=None, observation=None, reward_scale=1.0):
+    def __init__(self, level="big_dense_long", reward_scale=1.0, **options):
         if level not in LEVELS:
             raise ValueError(f"unknown gridworld level {level!r}; valid names: {', '.join(LEVELS)}")
-        optim4rl = level in OPTIM4RL_LEVELS
-        actions = actions or ("optim4rl" if optim4rl else "open")
-        observation = observation or ("binary" if optim4rl else "flat")
-        if actions not in MOVES or observation not in OBSERVATIONS:
-            raise ValueError(f"actions must be one of {tuple(MOVES)} and observation one of {OBSERVATIONS}")
+        family = 1 if level in OPTIM4RL_LEVELS else 3 if level in MAZES else 2
+        for name, value in options.items():
+            if name not in RULES:
+                raise ValueError(f"unknown gridworld option {name!r}; valid: {', '.join(RULES)}")
+            if value is not None and value not in RULES[name][0]:
+                raise ValueError(f"gridworld option {name} = {value!r}; valid: {', '.join(map(str, RULES[name][0]))}")
+        rules = {name: RULES[name][family] if options.get(name) is None else options[name] for name in RULES}
+        if rules["border"] and family != 1:
+            raise ValueError(f"border = True is for the Optim4RL levels ({', '.join(OPTIM4RL_LEVELS)}), not {level!r}")
+        if rules["observation"] == "tabular" and rules["objects"] != "static":
+            raise ValueError("observation = 'tabular' needs objects = 'static' (it does not show object cells)")
         super().__init__()
-        self.level, self.actions, self.observation, self.reward_scale = level, actions, observation, reward_scale
-        self._config = (level, actions, observation, reward_scale)
-        self.moves = np.array(MOVES[actions])
+        self.level, self.reward_scale, self.rules = level, reward_scale, rules
+        for name, value in rules.items():
+            setattr(self, name, value)
+        self._config = (level, reward_scale, tuple(rules.items()))
+        self.moves = np.array(MOVES[self.actions])
         if level in FIXED_LEVELS:
             self.shape, objects, _ = FIXED_LEVELS[level]
+            self.shape = tuple(n + 2 for n in self.shape) if self.border else self.shape
             # Objects with identical [reward, p_terminate, p_respawn] share a type (a map of the flat observation).
             self.obj_type = np.unique([objects.index(obj) for obj in objects], return_inverse=True)[1]
         else:
@@ -194,40 +226,58 @@ class Gridworld(environment.Environment[EnvState, EnvParams]):
 
     def reset_env(self, key, params):
         score = jnp.where(self._blocked(params), -1.0, jax.random.uniform(key, (self.shape[0] * self.shape[1],)))
-        agent = jnp.argmax(score).astype(jnp.int32)  # then the objects take the next best cells
-        obj_pos, ok = _top_cells(score.at[agent].set(-1.0), self.max_objects)
+        agent = params.start if self.start == "fixed" else jnp.argmax(score).astype(jnp.int32)
+        obj_pos, ok = _top_cells(score.at[agent].set(-1.0), self.max_objects)  # distinct free cells, not the agent's
+        if self.objects == "static":
+            obj_pos, ok = params.obj_start, True
         used = jnp.arange(self.max_objects) < params.num_objects
         state = EnvState(time=jnp.int32(0), agent=agent, obj_pos=obj_pos, obj_present=ok & used)
         return self.get_obs(state, params), state
 
     def step_env(self, key, state, action, params):
         (height, width), blocked, move = self.shape, self._blocked(params), jnp.asarray(self.moves)[action]
-        # One uniform number per random event: termination, each object's respawn, each cell's respawn score.
-        u_terminate, u_respawn, u_cells = jnp.split(jax.random.uniform(key, (1 + self.max_objects + blocked.size,)),
-                                                    [1, 1 + self.max_objects])
+        key_events, key_cells = jax.random.split(key)
+        u_terminate, u_respawn = jax.random.uniform(key_events, (2, self.max_objects))
         row = jnp.clip(state.agent // width + move[0], 0, height - 1)
         col = jnp.clip(state.agent % width + move[1], 0, width - 1)
         agent = jnp.where(blocked[row * width + col], state.agent, row * width + col)
-        # Objects never share a cell, so at most one is collected.
         collected = state.obj_present & (state.obj_pos == agent)
         reward = params.reward_scale * jnp.sum(jnp.where(collected, params.obj_reward, 0.0))
-        p_terminate = jnp.sum(jnp.where(collected, params.obj_p_terminate, 0.0))
-        terminated = u_terminate[0] < p_terminate
-        # Objects absent before this step may reappear, so a collected object is missing for at least one step.
-        used = jnp.arange(self.max_objects) < params.num_objects
-        respawn = ~state.obj_present & used & (u_respawn < params.obj_p_respawn)
+        terminated = jnp.any(collected & (u_terminate < params.obj_p_terminate))  # a draw per collected object
         present = state.obj_present & ~collected
-        cells = jnp.arange(blocked.size)
-        occupied = jnp.any((cells[:, None] == state.obj_pos) & present, axis=1) | (cells == agent)
-        score = jnp.where(blocked | occupied, -1.0, u_cells)
-        new_pos, ok = _top_cells(score, self.max_objects)
-        respawn = respawn & ok
-        state = EnvState(time=state.time + 1, agent=agent, obj_pos=jnp.where(respawn, new_pos, state.obj_pos),
+        absent = ~present if self.respawn == "same_step" else ~state.obj_present
+        used = jnp.arange(self.max_objects) < params.num_objects
+        new_pos, ok = self._respawn_cells(key_cells, blocked, agent, state.obj_pos, present, params)
+        respawn = absent & used & (u_respawn < params.obj_p_respawn) & ok
+        time = state.time + 1
+        if self.horizon == "terminal":
+            terminated = terminated | (time >= params.max_steps_in_episode)
+        state = EnvState(time=time, agent=agent, obj_pos=jnp.where(respawn, new_pos, state.obj_pos),
                          obj_present=present | respawn)
         return self.get_obs(state, params), state, reward, terminated, {}
 
+    def _respawn_cells(self, key, blocked, agent, obj_pos, present, params):
+        """A cell for each object should it respawn, and whether it has one."""
+        if self.objects == "static":  # groove's tabular mode: in place
+            return params.obj_start, True
+        if self.respawn_cells == "non_wall":  # Optim4RL: independently uniform over the non-wall cells
+            logits = jnp.where(blocked, -jnp.inf, 0.0)
+            return jax.random.categorical(key, logits, shape=(self.max_objects,)).astype(jnp.int32), True
+        cells = jnp.arange(blocked.size)
+        occupied = jnp.any((cells[:, None] == obj_pos) & present, axis=1) | (cells == agent)
+        return _top_cells(jnp.where(blocked | occupied, -1.0, jax.random.uniform(key, (blocked.size,))),
+                          self.max_objects)
+
+    def is_truncated(self, state, params):
+        """Reaching the horizon truncates only with horizon='truncation'; otherwise `step_env` terminates there."""
+        return (self.horizon == "truncation") & (state.time >= params.max_steps_in_episode)
+
     def get_obs(self, state, params=None, key=None):
         cells = self.shape[0] * self.shape[1]
+        if self.observation == "tabular":
+            pattern = jnp.sum(jnp.where(state.obj_present, 2 ** jnp.arange(self.max_objects), 0))
+            hot = jnp.arange(cells * 2 ** self.max_objects) == state.agent + cells * pattern
+            return jnp.append(hot.astype(jnp.float32), 0.001 * state.time)
         if self.observation == "binary":  # Optim4RL: one map per object, then the agent's
             obj_channel, agent_channel, channels = np.arange(self.max_objects), self.max_objects, self.max_objects + 1
         else:  # OPEN: the agent's map, then one per object type
@@ -251,10 +301,11 @@ class Gridworld(environment.Environment[EnvState, EnvParams]):
         return spaces.Discrete(self.num_actions)
 
     def observation_space(self, params=None):
+        cells = self.shape[0] * self.shape[1]
         if self.observation == "binary":
             return spaces.Box(0.0, 1.0, (self.max_objects + 1, *self.shape), jnp.float32)
-        cells = self.shape[0] * self.shape[1]
-        return spaces.Box(0.0, 1.0, ((self.num_types + 1) * cells + 1,), jnp.float32)  # named horizons <= 1000
+        size = cells * 2 ** self.max_objects if self.observation == "tabular" else (self.num_types + 1) * cells
+        return spaces.Box(0.0, 1.0, (size + 1,), jnp.float32)  # named horizons <= 1000
 
     def state_space(self, params):
         cells, k = self.shape[0] * self.shape[1], self.max_objects
@@ -278,15 +329,18 @@ def _log_uniform(key, low, high, shape=()):
 def sample_level(key, env) -> EnvParams:
     """A level of `env`'s distribution ('all': OPEN Table 8; mazes: Table 10), jittable and vmappable, e.g.
     `jax.vmap(lambda k: sample_level(k, env))(keys)`. The fixed levels (Optim4RL Table 2, OPEN Table 9) are point
-    masses, returned whatever the key. The reward scale is the env's."""
+    masses but for the agent's start cell and the objects' static cells, distinct free cells drawn with every level
+    (groove's reset_env_params). The reward scale is the env's."""
     height, width = env.shape
+    keys = jax.random.split(key, 8)
     if env.level in FIXED_LEVELS:
         _, objects, horizon = FIXED_LEVELS[env.level]
         reward, p_terminate, p_respawn = jnp.array(objects, jnp.float32).T
-        walls, num_objects, size = jnp.zeros(env.shape, bool), len(objects), env.shape
+        walls, num_objects, size = np.zeros(env.shape, bool), len(objects), env.shape
+        if env.border:
+            walls[[0, -1], :] = walls[:, [0, -1]] = True
     else:
         dist, k = DISTRIBUTIONS[env.level], env.max_objects
-        keys = jax.random.split(key, 7)
         horizon = jnp.round(_log_uniform(keys[0], *dist.horizon)).astype(jnp.int32)
         reward = jax.random.uniform(keys[1], (k,), minval=dist.reward[0], maxval=dist.reward[1])
         reward = reward.at[0].set(jnp.abs(reward[0]))
@@ -298,18 +352,20 @@ def sample_level(key, env) -> EnvParams:
             wall_cells, _ = _top_cells(jax.random.uniform(keys[6], (height * width,)), dist.walls)
             walls = jnp.zeros(height * width, bool).at[wall_cells].set(True).reshape(env.shape)
         else:
-            walls = jnp.array([[c == "#" for c in row] for row in dist.walls])
+            walls = np.array([[c == "#" for c in row] for row in dist.walls])
+    rows, cols = np.indices(env.shape)
+    blocked = (walls | (rows >= size[0]) | (cols >= size[1])).ravel()
+    cells, _ = _top_cells(jnp.where(blocked, -1.0, jax.random.uniform(keys[7], blocked.shape)), env.max_objects + 1)
     return EnvParams(max_steps_in_episode=jnp.int32(horizon), height=jnp.int32(size[0]), width=jnp.int32(size[1]),
-                     walls=walls, num_objects=jnp.int32(num_objects), obj_reward=reward,
+                     walls=jnp.asarray(walls), num_objects=jnp.int32(num_objects), obj_reward=reward,
                      obj_p_terminate=p_terminate, obj_p_respawn=p_respawn,
-                     reward_scale=jnp.float32(env.reward_scale))
+                     reward_scale=jnp.float32(env.reward_scale), start=cells[0], obj_start=cells[1:])
 
 
-def make(name: str, **options):
-    """Like `gymnax.make`: returns (env, env_params). Options: actions ('optim4rl' | 'open'), observation
-    ('binary' | 'flat'), reward_scale (default 1; `REWARD_SCALES` is Optim4RL's multi-task preset).
-    Defaults follow the level's paper: Optim4RL levels 9 actions, binary maps; OPEN levels 5 actions, flat vector."""
-    env = Gridworld(name, **options)
+def make(name: str, reward_scale=1.0, **options):
+    """Like `gymnax.make`: returns (env, env_params). reward_scale (default 1; `REWARD_SCALES` is Optim4RL's
+    multi-task preset) and the level's rules (`RULES`: each option's choices; None or unset: the level's default)."""
+    env = Gridworld(name, reward_scale, **options)
     return env, env.default_params
 
 

@@ -1,6 +1,6 @@
 """Optim4RL (Lan et al., 2023): a learned optimizer for RL, meta-trained with meta-gradients and pipeline training.
 
-    python optim4rl_metagrad.py                       # meta-train on Catch, then evaluate (2-core CPU: about 5 min)
+    python optim4rl_metagrad.py                       # meta-train on Catch (meta_rl_catch.json), then evaluate
     python optim4rl_metagrad.py --preset no_pipeline  # the pipeline-training ablation (Table 1)
     python optim4rl_metagrad.py --architecture l2lgd2 # the Sec. 6.1 ablations: linear_optim, l2lgd2
     python optim4rl_metagrad.py --preset big_dense_long        # App. C.3 at paper scale (512 units): for GPUs
@@ -58,18 +58,20 @@ class Optim4RLConfig:
     gru_size: int = 8  # hidden size of each GRU (Sec. 6, App. A)
     mlp_sizes: tuple[int, ...] = (16, 16)  # hidden layers of each MLP head (Sec. 6, App. A)
     gradient_processing: bool = True  # GRU inputs [sign g, log|g|] and log g^2 (ICLR 2024 version) instead of g, g^2
-    agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3, Brax 3e-4 (App. C.3)
+    agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3, Brax 3e-4 (App. C.3, meta_rl_*.json)
     algorithm: str = "a2c"  # the units' agent: "a2c" (Catch, gridworlds; App. C) or "ppo" (Brax; App. C.3)
     env_name: str = "Catch-bsuite"  # meta-training env, with its a2c.py preset (App. C)
     tasks: tuple[str, ...] = ()  # multi-task (Sec. 6.2): gridworlds at once, Table 3 reward scales; (): env_name
+    task_lrs: tuple[float, ...] = ()  # multi-task: agent lr of each task (meta_rl_grid.json); (): agent_lr for all
     num_units: int = 64  # n training units (Sec. 5.1); Catch: 64 (App. C.3)
-    envs_per_unit: int = 16  # envs of each unit's A2C agent; the authors' code: 1 (far noisier meta-gradients)
+    envs_per_unit: int = 1  # envs of each unit's agent: 1 in the authors' code (meta_rl_catch.json: 64 envs = units)
     inner_updates: int = 4  # M inner updates per outer update (Sec. 2.2, App. C)
     pipeline: bool = True  # pipeline training (Sec. 5.1); off: units start together and are never reset
     reset_interval: int = 32  # m (Sec. 5.1); Catch: 32 or 64 (App. C.3)
     num_meta_steps: int = 500  # outer updates of the whole run (the authors' Catch runs: 5e5 env steps, 78)
-    meta_lr: float = 3e-3  # Adam meta learning rate, swept over {1e-5, ..., 1e-2} (App. C.3)
-    meta_grad_clip: float = 0.5  # global-norm clip of the meta-gradient (the authors' configs)
+    meta_lr: float = 3e-3  # Adam meta learning rate, swept over {1e-5, ..., 1e-2} (App. C.3; Catch: 1e-4 to 1e-2)
+    meta_grad_clip: float = 0.5  # clip of the meta-gradient: global norm 0.5 or element-wise 1.0 (meta_rl_*.json)
+    meta_grad_clip_mode: str = "global_norm"  # "global_norm" or "elementwise" (the authors' grad_norm / grad_clip)
     remat: bool = False  # rematerialise the optimizer network in backprop (memory; on in the gridworld presets)
     remat_chunk: int = 4096  # with remat: parameters per chunk whose GRU/MLP activations are held at once
     unit_chunk: int = 0  # backprop through this many units at a time, one chunk after another (0: all at once)
@@ -81,33 +83,44 @@ class Optim4RLConfig:
     eval_seeds: int = 10  # N seeds per optimizer (Sec. 6: 10 runs, 90% confidence intervals)
     eval_timesteps: int = 500_000  # env steps of each evaluation run (the authors' Catch runs: 5e5)
     wandb: bool = False  # log the progress records (run_dir/metrics.jsonl) to Weights & Biases too (`wandb` extra)
+    eval_baseline_lrs: tuple[float, ...] = ()  # Adam and RMSprop at each of these lrs (a2c_grid.json's sweep); ():
+    # at the evaluation's agent lr alone (a2c_catch.json)
 
 
-# Gridworld meta-training at paper scale (App. C.3-C.4): n = 512 units of one env each; m from {72, 144, 288, 576};
-# evaluated over a2c.py's 3e7-step gridworld runs.
+# Gridworld meta-training at paper scale (App. C.3-C.4; meta_rl_{sdl,bdl,grid}.json): n = 512 units of one env each;
+# m from {72, 144, 288, 576}; evaluated over a2c.py's 3e7-step, 512-env gridworld runs (lopt_rl_*.json), Adam and
+# RMSprop at each lr of a2c_grid.json.
 GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
-                 remat=True, unit_chunk=64, eval_timesteps=30_000_000)
+                 remat=True, unit_chunk=64, eval_timesteps=30_000_000,
+                 eval_baseline_lrs=(3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4))
+# meta_rl_grid.json: the agent lr of each of the six gridworlds.
+SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3,
+                     "big_dense_short": 3e-3, "big_sparse_long": 1e-3, "big_dense_long": 3e-3}
 # PPO on Brax (App. C.3, ppo.py's *_optim4rl presets: 8 minibatches, value net [64] * 5): 2048 envs in all, as 16
 # vmapped units of 128 envs; m from {32, ..., 512}; evaluated over 5e7-step runs.
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
             checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=50_000_000)
 PRESETS = {
     "default": {},
-    "catch": {},
+    "catch": {},  # meta_rl_catch.json: 64 units of one env, agent lr 1e-3, m = 32 (or 64), global-norm clip 0.5
     "catch_m64": dict(reset_interval=64),
-    "catch_one_env": dict(envs_per_unit=1),  # one env a unit, as the authors' code
+    "catch_elementwise_clip": dict(meta_grad_clip_mode="elementwise", meta_grad_clip=1.0),  # meta_rl_catch.json
+    "catch_16_envs": dict(envs_per_unit=16),  # this repo's earlier default: less noisy meta-gradients
     "no_pipeline": dict(pipeline=False),
     **{f"{name}{suffix}": dict(settings, env_name=name, pipeline=not suffix, run_dir=f"runs/optim4rl_{name}{suffix}")
-       for name, settings in (("small_dense_long", dict(GRIDWORLD, agent_lr=1e-3)),
+       for name, settings in (("small_dense_long", dict(GRIDWORLD, agent_lr=3e-2)),  # meta_rl_sdl.json, lopt_rl_sdl
                               ("big_dense_long", dict(GRIDWORLD, agent_lr=3e-3)), ("ant", BRAX), ("humanoid", BRAX))
        for suffix in ("", "_no_pipeline")},  # Table 1
     "six_gridworlds": dict(GRIDWORLD, env_name="big_dense_long", tasks=gridworld.OPTIM4RL_LEVELS, agent_lr=3e-3,
-                           run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4
+                           task_lrs=tuple(SIX_GRIDWORLD_LRS[n] for n in gridworld.OPTIM4RL_LEVELS),
+                           run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4, meta_rl_grid.json
 }
+META_GRAD_CLIP_MODES = ("global_norm", "elementwise")
 ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the MLP head on each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
 EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
-RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir", "wandb") + EVAL_FIELDS  # free to change on resuming
+# free to change when resuming; a checkpoint's eval_baseline_lrs is kept by --eval
+RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir", "eval_baseline_lrs", "wandb") + EVAL_FIELDS
 MEMORY_FIELDS = ("remat", "remat_chunk", "unit_chunk")  # memory and speed, not results: free to change on resuming
 EPS = 1e-8  # eps of eq. 2 (Algorithm 1)
 LOG_EPS = 1e-18  # inside log|g| (the authors' code)
@@ -123,9 +136,16 @@ def agent_config(env_name, algorithm="a2c", **overrides):
     return replace(config_class(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
 
 
+def task_lr(config, env_name):
+    """The agent lr of a meta-training env: its task_lrs entry in multi-task training (meta_rl_grid.json), else
+    agent_lr."""
+    return dict(zip(config.tasks, config.task_lrs)).get(env_name, config.agent_lr)
+
+
 def unit_agent_config(config, env_name=None):
-    return agent_config(env_name or config.env_name, config.algorithm, num_envs=config.envs_per_unit,
-                        learning_rate=config.agent_lr)
+    env_name = env_name or config.env_name
+    return agent_config(env_name, config.algorithm, num_envs=config.envs_per_unit,
+                        learning_rate=task_lr(config, env_name))
 
 
 def steps_per_update(agent_cfg):
@@ -155,9 +175,9 @@ def eval_algorithm(config):
 
 
 def eval_agent_config(config):
-    """On the meta-training env at its agent lr (Catch: 1e-3, App. C.3); on another env at that env's preset lr."""
+    """On a meta-training env at its agent lr (Catch: 1e-3, App. C.3); on another env at that env's preset lr."""
     env_name = config.eval_env or config.env_name
-    lr = {"learning_rate": config.agent_lr} if env_name == config.env_name else {}
+    lr = {"learning_rate": task_lr(config, env_name)} if env_name in (config.env_name,) + config.tasks else {}
     return agent_config(env_name, eval_algorithm(config), total_timesteps=config.eval_timesteps,
                         num_seeds=config.eval_seeds, **lr)
 
@@ -168,6 +188,14 @@ def validate(config):
         raise ValueError(f"unknown architecture {config.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
     if config.algorithm not in ("a2c", "ppo"):
         raise ValueError(f"unknown algorithm {config.algorithm!r}; valid: a2c, ppo")
+    if config.meta_grad_clip_mode not in META_GRAD_CLIP_MODES:
+        raise ValueError(f"unknown meta_grad_clip_mode {config.meta_grad_clip_mode!r}; valid: "
+                         f"{', '.join(META_GRAD_CLIP_MODES)}")
+    if config.task_lrs and len(config.task_lrs) != len(config.tasks):
+        raise ValueError(f"task_lrs {config.task_lrs} must give one lr per task of {config.tasks}")
+    if min(config.task_lrs + config.eval_baseline_lrs, default=1.0) <= 0:
+        raise ValueError(f"learning rates must be positive, got task_lrs {config.task_lrs} and eval_baseline_lrs "
+                         f"{config.eval_baseline_lrs}")
     unknown = [name for name in config.tasks if name not in gridworld.REWARD_SCALES]
     if unknown or len(set(config.tasks)) < len(config.tasks):
         raise ValueError(f"tasks must be distinct Optim4RL gridworlds, got {config.tasks}; valid: "
@@ -352,8 +380,14 @@ def outer_loss(meta_params, unit, key, agent, optimizer_fn, config):
     return loss, (Unit(params, opt_state, env_state, obs, unit.age + 1), returns[-1])
 
 
+def meta_gradient_clip(config):
+    """The meta-gradient's clip: global norm (the authors' grad_norm) or element-wise (their grad_clip)."""
+    clip = optax.clip_by_global_norm if config.meta_grad_clip_mode == "global_norm" else optax.clip
+    return clip(config.meta_grad_clip)
+
+
 def make_meta_optimizer(config):
-    return optax.chain(optax.clip_by_global_norm(config.meta_grad_clip), optax.adam(config.meta_lr))
+    return optax.chain(meta_gradient_clip(config), optax.adam(config.meta_lr))
 
 
 def apply_meta_gradient(meta_optimizer, state, units, grads, rng):
@@ -376,6 +410,7 @@ def make_meta_training(config):
 @functools.lru_cache(maxsize=8)
 def _meta_training(config):
     agents = make_unit_agents(config)
+    task_configs = [replace(config, agent_lr=task_lr(config, name)) for name in task_names(config)]
     optimizer_fn = make_optimizer_fn(config)
     meta_optimizer = make_meta_optimizer(config)
     offsets = jnp.asarray(reset_offsets(config.num_units, config.reset_interval))
@@ -398,13 +433,13 @@ def _meta_training(config):
         units = fresh_units(unit_keys(units_key))
         return MetaState(meta_params, meta_optimizer.init(meta_params), units, jnp.int32(0), jnp.int32(0), rng)
 
-    def task_gradient(agent, meta_params, group, keys):
+    def task_gradient(agent, task_config, meta_params, group, keys):
         """A task's outer loss averaged over its units, its meta-gradient, the units after and their mean return.
         Units go through backprop in chunks of unit_chunk, one chunk after another: memory holds one chunk's
         activations, and the gradient is the mean of the equal-sized chunks' mean gradients."""
         def chunk_loss(meta_params, group, keys):
             loss, (group, returns) = jax.vmap(outer_loss, in_axes=(None, 0, 0, None, None, None))(
-                meta_params, group, keys, agent, optimizer_fn, config)
+                meta_params, group, keys, agent, optimizer_fn, task_config)
             return loss.mean(), (group, returns)
 
         def chunk_step(total, chunk):
@@ -420,8 +455,8 @@ def _meta_training(config):
 
     def meta_gradient(meta_params, units, keys):
         """The meta-gradient averaged over each task's units, then over tasks (Sec. 5.1, 6.2)."""
-        per_task = [task_gradient(agent, meta_params, group, group_keys)  # tasks differ in shapes: one per task
-                    for agent, group, group_keys in zip(agents, units, keys)]
+        per_task = [task_gradient(agent, task_config, meta_params, group, group_keys)  # shapes differ: one per task
+                    for agent, task_config, group, group_keys in zip(agents, task_configs, units, keys)]
         losses, groups, returns, grads = zip(*per_task)
         grads = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
         return (jnp.mean(jnp.stack(losses)), (tuple(groups), jnp.stack(returns))), grads
@@ -459,7 +494,8 @@ def checkpoint_path(path):
 def read_config(path):
     with np.load(checkpoint_path(path)) as data:
         saved = json.loads(str(data["config"]))
-    return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in ("mlp_sizes", "tasks") if n in saved}})
+    tuples = ("mlp_sizes", "tasks", "task_lrs", "eval_baseline_lrs")
+    return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in tuples if n in saved}})
 
 
 def load_state(path, config):
@@ -533,8 +569,9 @@ def confidence_interval(values, level=0.90):
 
 def evaluate(config, meta_params, out_dir):
     """Train fresh agents on the evaluation env (A2C; PPO on Brax, Sec. 6.2) with the learned optimizer, the untrained
-    one (sign-SGD), Adam and RMSprop, N seeds each at one learning rate (eval_agent_config); print the mean final
-    return with 90% CIs, plot the training curves and write both next to the checkpoint."""
+    one (sign-SGD), Adam and RMSprop, N seeds each, the learned ones at the agent lr (eval_agent_config), the
+    hand-designed ones at it too or at each of eval_baseline_lrs; print the mean final return with 90% CIs, plot the
+    training curves and write both next to the checkpoint."""
     validate(config)
     agent_cfg = eval_agent_config(config)
     algorithm = eval_algorithm(config)
@@ -543,13 +580,15 @@ def evaluate(config, meta_params, out_dir):
     lr = jnp.float32(agent_cfg.learning_rate)
     runs = {"Optim4RL (learned)": (optimizer_fn, {"meta": meta_params, "learning_rate": lr}),
             "Optim4RL (init)": (optimizer_fn, {"meta": init_meta_params(config, jax.random.PRNGKey(config.seed)),
-                                               "learning_rate": lr}),
-            "Adam": (hand_designed("adam"), hyperparameters(agent_cfg)),
-            "RMSprop": (hand_designed("rmsprop"), hyperparameters(agent_cfg))}
+                                               "learning_rate": lr})}
+    for label, fn in (("Adam", hand_designed("adam")), ("RMSprop", hand_designed("rmsprop"))):
+        for baseline_lr in config.eval_baseline_lrs or (agent_cfg.learning_rate,):
+            name = f"{label} (lr {baseline_lr:g})" if config.eval_baseline_lrs else label
+            runs[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
     seeds = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds))
     print(f"\n{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps x "
-          f"{config.eval_seeds} seeds, "
-          f"lr {agent_cfg.learning_rate}; final return = mean over {agent_cfg.eval_episodes} episodes")
+          f"{config.eval_seeds} seeds, lr {agent_cfg.learning_rate} (Adam, RMSprop: "
+          f"{config.eval_baseline_lrs or 'the same'}); final return = mean over {agent_cfg.eval_episodes} episodes")
     results, trains = {}, {}  # one compiled program per optimizer function
     for name, (fn, optimizer_params) in runs.items():
         start = time.time()

@@ -1,7 +1,7 @@
 """Meta-training speed and memory of optim4rl_metagrad.py, then A2C training speed with the learned optimizer next to
 Adam (64 envs, the evaluation setting). Compile excluded.
 
-    python bench/bench_optim4rl.py                                      # Catch preset (64 units x 16 envs)
+    python bench/bench_optim4rl.py                                      # Catch preset (64 units x 1 env)
     python bench/bench_optim4rl.py --preset big_dense_long --units 64 256 512 --meta-steps 1
     python bench/bench_optim4rl.py --preset big_dense_long --units 64 512 --plain --compile-only --updates 0
     python bench/bench_optim4rl.py --preset big_dense_long --meta-steps 0           # A2C speeds only

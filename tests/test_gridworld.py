@@ -70,7 +70,10 @@ def per_env(params, num_envs):
 
 def expected_obs(env, state):
     """Observation built independently from a (batch of) state(s)."""
-    cells = env.shape[0] * env.shape[1]
+    cells, k = env.shape[0] * env.shape[1], env.max_objects
+    if env.observation == "tabular":  # groove: index = agent cell + cells * (bit pattern of the present objects)
+        index = state.agent + cells * (state.obj_present * 2 ** np.arange(k)).sum(-1)
+        return np.concatenate([index[..., None] == np.arange(cells * 2 ** k), 0.001 * state.time[..., None]], -1)
     agent = state.agent[..., None] == np.arange(cells)
     objects = (state.obj_pos[..., None] == np.arange(cells)) & state.obj_present[..., None]
     if env.observation == "binary":
@@ -88,7 +91,8 @@ def assert_frequency(events, probs, mask):
 
 
 def check_rollout(env, params, tr):
-    """Re-compute every transition of a rollout with numpy; return the collection and respawn events."""
+    """Re-compute every transition of a rollout with numpy under the env's rules; return the collection and respawn
+    events."""
     (steps, n), (height, width), k = tr["action"].shape, env.shape, env.max_objects
     p = per_env(params, n)
     rows, cols = np.indices(env.shape)
@@ -96,41 +100,52 @@ def check_rollout(env, params, tr):
     blocked = (p.walls | outside).reshape(n, -1)
     env_idx = np.arange(n)
     prev, nxt, done = tr["prev"], tr["state"], tr["terminated"] | tr["truncated"]
-    # Every state: agent inside the grid and off walls; present objects on distinct free cells, never on the agent.
+    free_respawn, static = env.respawn_cells == "free", env.objects == "static"
+    # Every state: agent inside the grid and off walls; present objects off walls, on distinct cells (free or
+    # static cells) and never on the agent (random objects on free cells); unused slots empty.
     for s in (prev, nxt):
         assert (s.agent // width < p.height).all() and (s.agent % width < p.width).all()
         assert not blocked[env_idx, s.agent].any()
-        pos = np.where(s.obj_present, s.obj_pos, -1 - np.arange(k))
         assert not (s.obj_present & blocked[env_idx[:, None], s.obj_pos]).any()
-        assert not (s.obj_present & (s.obj_pos == s.agent[..., None])).any()
-        assert (np.sort(pos, -1)[..., 1:] != np.sort(pos, -1)[..., :-1]).all()
         assert not (s.obj_present & (np.arange(k) >= p.num_objects[:, None])).any()
+        pos = np.sort(np.where(s.obj_present, s.obj_pos, -1 - np.arange(k)), -1)
+        if free_respawn or static:
+            assert (pos[..., 1:] != pos[..., :-1]).all()
+        if free_respawn and not static:
+            assert not (s.obj_present & (s.obj_pos == s.agent[..., None])).any()
+        if static:
+            assert (s.obj_pos == p.obj_start).all()
+    if env.start == "fixed":  # every episode, the first included, starts on the level's start cell
+        assert (prev.agent[0] == p.start).all() and (nxt.agent == p.start)[done].all()
     # Moves: clipped to the grid, walls block.
     move = env.moves[tr["action"]]
     row = np.clip(prev.agent // width + move[..., 0], 0, height - 1)
     col = np.clip(prev.agent % width + move[..., 1], 0, width - 1)
     agent = np.where(blocked[env_idx, row * width + col], prev.agent, row * width + col)
     assert (nxt.agent == agent)[~done].all()
-    # Collection pays reward x scale; termination only through a collection; the horizon truncates.
+    # Collection pays reward x scale; termination through a collection or, with a terminal horizon, at the horizon.
     collected = prev.obj_present & (prev.obj_pos == agent[..., None])
     np.testing.assert_allclose(tr["reward"], p.reward_scale * (collected * p.obj_reward).sum(-1), rtol=1e-6)
-    assert not (tr["terminated"] & ~collected.any(-1)).any()
-    assert (tr["truncated"] == (prev.time + 1 >= p.max_steps_in_episode)).all()
+    horizon = prev.time + 1 >= p.max_steps_in_episode
+    terminal_horizon = env.horizon == "terminal"
+    assert not (tr["terminated"] & ~collected.any(-1) & ~(horizon & terminal_horizon)).any()
+    assert (tr["truncated"] == (horizon & (not terminal_horizon))).all()
+    if terminal_horizon:
+        assert tr["terminated"][horizon].all()
     assert (nxt.time == np.where(done, 0, prev.time + 1)).all()
-    # Objects: collected ones vanish, the others stay put.
+    # Objects: those not collected stay put; collected ones vanish unless they respawn in the same step.
     alive = ~done[..., None]
     stay = prev.obj_present & ~collected & alive
-    assert not (nxt.obj_present & collected & alive).any()
     assert nxt.obj_present[stay].all() and (nxt.obj_pos == prev.obj_pos)[stay].all()
-    # Observations: exactly one agent cell; everything equals the independent rendering.
-    agent_maps = tr["obs"][..., -1, :, :] if env.observation == "binary" else tr["obs"][..., : height * width]
-    assert (agent_maps.reshape(steps, n, -1).sum(-1) == 1).all()
+    absent = ~prev.obj_present | (collected if env.respawn == "same_step" else False)
+    assert not (nxt.obj_present & ~absent & collected & alive).any()
+    # Observations: everything equals the independent rendering.
     np.testing.assert_allclose(tr["obs"], expected_obs(env, nxt), atol=1e-6)
     np.testing.assert_array_equal(tr["final_obs"][~done], tr["obs"][~done])
-    # Frequencies: termination given a collection, respawn of an absent object.
-    assert_frequency(tr["terminated"][..., None] & collected, np.broadcast_to(p.obj_p_terminate, collected.shape),
-                     collected)
-    candidates = ~prev.obj_present & (np.arange(k) < p.num_objects[:, None]) & alive
+    # Frequencies: termination given one collection before the horizon, respawn of an absent object.
+    single = collected & (collected.sum(-1, keepdims=True) == 1) & ~horizon[..., None]
+    assert_frequency(tr["terminated"][..., None] & single, np.broadcast_to(p.obj_p_terminate, single.shape), single)
+    candidates = absent & (np.arange(k) < p.num_objects[:, None]) & alive
     assert_frequency(nxt.obj_present, np.broadcast_to(p.obj_p_respawn, candidates.shape), candidates)
     return collected, candidates
 
@@ -139,8 +154,14 @@ def test_unknown_level_is_refused_with_the_valid_names():
     with pytest.raises(ValueError) as error:
         make("big_dense_longer")
     assert "big_dense_longer" in str(error.value) and all(name in str(error.value) for name in LEVELS)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="observation = 'pixels'; valid: binary, flat, tabular"):
         make("all", observation="pixels")
+    with pytest.raises(ValueError, match="unknown gridworld option 'respawn_at'; valid: actions, observation"):
+        make("all", respawn_at="free")
+    with pytest.raises(ValueError, match="border = True is for the Optim4RL levels"):
+        make("standard_maze", border=True)
+    with pytest.raises(ValueError, match="observation = 'tabular' needs objects = 'static'"):
+        make("standard_maze", objects="random")
 
 
 def test_level_names():
@@ -150,18 +171,24 @@ def test_level_names():
 
 
 @pytest.mark.parametrize("name", TABLE_2)
-def test_optim4rl_levels_follow_table_2(name):
+def test_optim4rl_levels_follow_table_2_inside_the_authors_wall_border(name):
     (height, width), objects, horizon = TABLE_2[name]
     env, params = make(name)
     assert env.num_actions == 9 and env.action_space(params).n == 9
-    assert {tuple(m) for m in env.moves} == {(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)}
-    assert env.observation_space(params).shape == (len(objects) + 1, height, width)
-    assert (int(params.height), int(params.width), int(params.max_steps_in_episode)) == (height, width, horizon)
-    assert not params.walls.any() and int(params.num_objects) == len(objects)
+    assert [tuple(m) for m in env.moves] == [(0, 0), (-1, 0), (0, 1), (1, 0), (0, -1), (1, -1), (1, 1), (-1, 1),
+                                             (-1, -1)]  # the authors' move_delta
+    assert env.observation_space(params).shape == (len(objects) + 1, height + 2, width + 2)
+    assert (int(params.height), int(params.width), int(params.max_steps_in_episode)) == (height + 2, width + 2,
+                                                                                         horizon)
+    ring = np.ones((height + 2, width + 2), bool)
+    ring[1:-1, 1:-1] = False
+    assert (np.asarray(params.walls) == ring).all() and int(params.num_objects) == len(objects)
     np.testing.assert_allclose(np.stack([params.obj_reward, params.obj_p_terminate, params.obj_p_respawn], 1),
                                objects)
     assert float(params.reward_scale) == 1.0 and REWARD_SCALES[name] == TABLE_3[name]
     assert float(make(name, reward_scale=REWARD_SCALES[name])[1].reward_scale) == TABLE_3[name]
+    env, params = make(name, border=False)  # the paper's H x W alone
+    assert env.observation_space(params).shape == (len(objects) + 1, height, width) and not params.walls.any()
 
 
 @pytest.mark.parametrize("name", TABLE_9)
@@ -233,22 +260,76 @@ def test_every_level_steps_under_jit_and_vmap(name):
     check_rollout(env, params, tr)
 
 
-@pytest.mark.parametrize("name, options", [("big_dense_short", dict(actions="open", observation="flat")),
-                                           ("all", dict(actions="optim4rl", observation="binary"))])
-def test_other_action_set_and_observation(name, options):
+# The previous rules of this repository, each a named option now.
+OLD_RULES = dict(respawn="next_step", respawn_cells="free", horizon="truncation")
+
+
+@pytest.mark.parametrize("name, options", [
+    ("big_dense_short", dict(actions="open", observation="flat")),
+    ("small_dense_long", dict(OLD_RULES, border=False)),
+    ("all", dict(OLD_RULES, actions="optim4rl", observation="binary", start="random")),
+    ("rand_dense", dict(respawn="same_step", respawn_cells="non_wall", start="random")),
+    ("labyrinth", dict(OLD_RULES, observation="flat", objects="random", start="random")),
+])
+def test_other_rules(name, options):
     env, params = make(name, **options)
-    assert env.num_actions == {"open": 5, "optim4rl": 9}[options["actions"]]
+    assert env.num_actions == {"open": 5, "optim4rl": 9}[env.actions]
+    if name in gridworld.DISTRIBUTIONS:
+        params = sample_levels(env, jax.random.PRNGKey(3))
     check_rollout(env, params, rollout(env, params, jax.random.PRNGKey(5)))
 
 
-def test_termination_and_respawn_frequencies_match_probabilities():
-    env, params = make("small_dense_short")
+@pytest.mark.parametrize("respawn", ["same_step", "next_step"])
+def test_termination_and_respawn_frequencies_match_probabilities(respawn):
+    env, params = make("small_dense_short", respawn=respawn)
     params = params.replace(max_steps_in_episode=jnp.int32(10_000), obj_p_terminate=jnp.array([0.25, 0.75]),
                             obj_p_respawn=jnp.array([0.1, 0.6]))
     runs = [rollout(env, params, key) for key in jax.random.split(jax.random.PRNGKey(6), 8)]  # reuses one compile
     tr = jax.tree.map(lambda *x: np.concatenate(x, 1), *runs)
     collected, candidates = check_rollout(env, params, tr)
-    assert (collected.sum((0, 1)) > 400).all() and (candidates.sum((0, 1)) > 200).all()  # enough events
+    assert (collected.sum((0, 1)) > 400).all() and (candidates.sum((0, 1)) > 100).all()  # enough events
+
+
+def step_many(env, params, state, action, num=20_000, seed=0):
+    """`num` independent draws of one transition from `state`."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), num)
+    out = jax.jit(jax.vmap(env.step_env, (0, None, None, None)))(keys, state, action, params)
+    return jax.tree.map(np.asarray, out)
+
+
+@pytest.mark.parametrize("respawn", ["same_step", "next_step"])
+def test_a_collected_object_respawns_in_the_same_step_with_p_respawn(respawn):
+    """Optim4RL's envs/gridworld.py draws the respawn of an object right after collecting it, in the same step;
+    the 'next_step' option keeps it absent for at least one step."""
+    env, params = make("small_dense_short", respawn=respawn)
+    params = params.replace(obj_p_terminate=jnp.zeros(2), obj_p_respawn=jnp.array([0.3, 0.5]))
+    agent = jnp.int32(2 * env.shape[1] + 3)  # an interior cell; action 0 stays, collecting object 0 there
+    state = gridworld.EnvState(time=jnp.int32(0), agent=agent, obj_pos=jnp.array([agent, agent + 1]),
+                               obj_present=jnp.array([True, True]))
+    _, nxt, reward, _, _ = step_many(env, params, state, 0)
+    assert (reward == 1.0).all() and nxt.obj_present[:, 1].all()
+    n, p = len(reward), 0.3 if respawn == "same_step" else 0.0
+    assert abs(nxt.obj_present[:, 0].sum() - n * p) <= 4 * np.sqrt(n * p * (1 - p)), nxt.obj_present[:, 0].mean()
+
+
+@pytest.mark.parametrize("respawn_cells", ["non_wall", "free"])
+def test_respawn_cells_are_uniform_over_non_wall_or_free_cells(respawn_cells):
+    """Optim4RL: any non-wall cell, the agent's and other objects' included; the 'free' option: unoccupied cells."""
+    env, params = make("small_dense_short", respawn_cells=respawn_cells)
+    params = params.replace(obj_p_respawn=jnp.ones(2))
+    agent = jnp.int32(2 * env.shape[1] + 3)
+    state = gridworld.EnvState(time=jnp.int32(0), agent=agent, obj_pos=jnp.array([0, agent + 1]),
+                               obj_present=jnp.array([False, True]))  # object 0 absent, 1 next to the agent
+    _, nxt, _, _, _ = step_many(env, params, state, 0)
+    assert nxt.obj_present.all()
+    cells = np.flatnonzero(~np.asarray(params.walls).ravel())
+    if respawn_cells == "free":
+        cells = cells[(cells != agent) & (cells != agent + 1)]
+    counts = np.bincount(nxt.obj_pos[:, 0], minlength=env.shape[0] * env.shape[1])
+    assert counts.sum() == counts[cells].sum()
+    expected = counts.sum() / cells.size
+    chi2, dof = ((counts[cells] - expected) ** 2 / expected).sum(), cells.size - 1
+    assert chi2 < dof + 4 * np.sqrt(2 * dof), chi2
 
 
 def test_reward_scale_multiplies_rewards():
@@ -261,17 +342,56 @@ def test_reward_scale_multiplies_rewards():
     np.testing.assert_array_equal(scaled["state"].agent, base["state"].agent)
 
 
-def test_truncation_at_the_horizon():
-    env, params = make("small_dense_short")
+@pytest.mark.parametrize("horizon", ["terminal", "truncation"])
+def test_the_horizon_is_terminal_or_a_truncation(horizon):
+    """Both authors' codes end an episode at the horizon as a terminal state; 'truncation' makes it a time limit."""
+    env, params = make("small_dense_short", horizon=horizon)
     params = params.replace(max_steps_in_episode=jnp.int32(7), obj_p_terminate=jnp.zeros(2))
     tr = rollout(env, params, jax.random.PRNGKey(8))
-    assert not tr["terminated"].any()
-    assert (tr["truncated"] == ((np.arange(NUM_STEPS) + 1) % 7 == 0)[:, None]).all()
+    at_horizon = ((np.arange(NUM_STEPS) + 1) % 7 == 0)[:, None]
+    assert (tr["terminated"] == (at_horizon & (horizon == "terminal"))).all()
+    assert (tr["truncated"] == (at_horizon & (horizon == "truncation"))).all()
     assert (tr["state"].time[6::7] == 0).all() and (tr["state"].time[5::7] == 6).all()
 
 
+def test_open_levels_start_on_their_fixed_start_cell():
+    """groove: the agent starts every episode on the level's start cell, drawn with the level among its free cells."""
+    env, _ = make("standard_maze")
+    levels = jax.tree.map(np.asarray, sample_levels(env, jax.random.PRNGKey(9), 4096))
+    free = np.flatnonzero(~levels.walls[0].ravel())
+    counts = np.bincount(levels.start, minlength=169)
+    assert counts.sum() == counts[free].sum() and (counts[free] > 0).all()  # every free cell can be a start
+    assert not (levels.obj_start == levels.start[:, None]).any()
+    for name in ("rand_sparse", "all"):
+        env, params = make(name, horizon="terminal")
+        if name == "all":
+            params = sample_levels(env, jax.random.PRNGKey(10))
+        params = params.replace(max_steps_in_episode=jnp.full_like(params.max_steps_in_episode, 5))
+        tr = rollout(env, params, jax.random.PRNGKey(11))
+        done = tr["terminated"] | tr["truncated"]
+        assert done.sum() >= 4 * NUM_ENVS and (tr["state"].agent == per_env(params, NUM_ENVS).start)[done].all()
+
+
+def test_mazes_are_tabular_with_static_objects_that_respawn_in_place():
+    """groove's tabular mode (OPEN Table 10): objects on the level's cells, respawning there, and a one-hot
+    observation over (agent cell, presence pattern of the 3 objects), then time * 0.001."""
+    env, params = make("sixteen_rooms")
+    assert env.observation_space(params).shape == (169 * 8 + 1,)
+    params = params.replace(obj_p_respawn=jnp.full(3, 0.5), obj_p_terminate=jnp.zeros(3),
+                            max_steps_in_episode=jnp.int32(10_000))
+    obs, state = env.reset(jax.random.PRNGKey(12), params)
+    assert int(state.agent) == int(params.start) and (state.obj_pos == params.obj_start).all()
+    assert state.obj_present.all() and int(jnp.argmax(obs)) == int(params.start) + 169 * 7 and obs[-1] == 0
+    state = state.replace(time=jnp.int32(3), obj_present=jnp.array([False, True, False]))
+    obs = np.asarray(env.get_obs(state))
+    assert obs[:-1].sum() == 1 and obs[int(params.start) + 169 * 2] == 1 and obs[-1] == np.float32(0.003)
+    tr = rollout(env, params, jax.random.PRNGKey(13), num_steps=400)
+    collected, candidates = check_rollout(env, params, tr)  # positions stay the level's, respawns at p_respawn
+    assert collected.sum() > 20 and candidates.sum() > 50
+
+
 def test_reset_positions_are_uniform_over_free_cells():
-    env, params = make("standard_maze")
+    env, params = make("standard_maze", start="random", objects="random", observation="flat")
     keys = jax.random.split(jax.random.PRNGKey(9), 20_000)
     _, state = jax.jit(jax.vmap(env.reset, (0, None)))(keys, params)
     free = np.flatnonzero(~np.asarray(params.walls).ravel())
@@ -287,4 +407,4 @@ def test_gymnax_wrappers():
     env = LogWrapper(FlattenObservationWrapper(env))
     obs, state = env.reset(jax.random.PRNGKey(10), params)
     obs, state, reward, terminated, truncated, info = env.step(jax.random.PRNGKey(11), state, 0, params)
-    assert obs.shape == (5 * 12 * 10,) and info["final_observation"].shape == obs.shape
+    assert obs.shape == (5 * 14 * 12,) and info["final_observation"].shape == obs.shape

@@ -15,9 +15,10 @@ import a2c
 import optim4rl_metagrad as om
 import ppo
 
-# 16 units of 16 envs, 40 meta-steps at a high meta-lr: about 30 s on a 2-core CPU, compiled once for all tests
-TINY = replace(om.Optim4RLConfig(), num_units=16, reset_interval=8, num_meta_steps=40,
-               checkpoint_every=10, meta_lr=3e-2, eval_timesteps=128_000, eval_seeds=2)
+# 4 units of 16 envs (Catch agents of 14,084 parameters, Dense 256), 40 meta-steps at a high meta-lr, compiled once
+# for all tests
+TINY = replace(om.Optim4RLConfig(), num_units=4, envs_per_unit=16, reset_interval=4, num_meta_steps=40,
+               checkpoint_every=10, meta_lr=3e-2, eval_timesteps=64_000, eval_seeds=2, eval_baseline_lrs=(1e-3, 3e-3))
 
 
 def leaves_equal(a, b):
@@ -178,14 +179,14 @@ def test_meta_gradient_matches_finite_differences():
 
 def test_multi_task_meta_gradient_is_the_mean_of_the_single_task_meta_gradients():
     base = replace(om.Optim4RLConfig(), env_name="small_dense_short", num_units=2, envs_per_unit=1, inner_updates=1)
-    tasks = ("small_dense_short", "big_dense_short")
-    training = om.make_meta_training(replace(base, tasks=tasks))
+    tasks, lrs = ("small_dense_short", "big_dense_short"), (1e-3, 3e-2)  # each task at its own agent lr
+    training = om.make_meta_training(replace(base, tasks=tasks, task_lrs=lrs))
     state = training.init_state(jax.random.PRNGKey(0))
     meta = randomized(state.meta_params)
     keys = jax.random.split(jax.random.PRNGKey(1), (2, base.num_units))
     (loss, (units, returns)), grads = training.meta_gradient(meta, state.units, keys)
-    singles = [om.make_meta_training(replace(base, tasks=(name,))).meta_gradient(meta, (state.units[i],), keys[i:i + 1])
-               for i, name in enumerate(tasks)]
+    singles = [om.make_meta_training(replace(base, tasks=(name,), agent_lr=lr)).meta_gradient(
+        meta, (state.units[i],), keys[i:i + 1]) for i, (name, lr) in enumerate(zip(tasks, lrs))]
     np.testing.assert_allclose(loss, (singles[0][0][0] + singles[1][0][0]) / 2, rtol=1e-5)
     for i, single in enumerate(singles):  # the same data: each task's units end where its single-task run ends
         for a, b in zip(jax.tree.leaves(single[0][1][0][0].params), jax.tree.leaves(units[i].params)):
@@ -199,7 +200,7 @@ def test_multi_task_meta_gradient_is_the_mean_of_the_single_task_meta_gradients(
 
 def test_rematerialised_and_unit_chunked_meta_gradient_equals_plain():
     plain = replace(TINY, num_units=4, envs_per_unit=2, inner_updates=2)
-    memory_saving = replace(plain, remat=True, remat_chunk=300, unit_chunk=2)  # 1,764 Catch parameters: 6 chunks
+    memory_saving = replace(plain, remat=True, remat_chunk=3000, unit_chunk=2)  # 14,084 Catch parameters: 5 chunks
     state = om.make_meta_training(plain).init_state(jax.random.PRNGKey(0))
     meta = randomized(state.meta_params)
     keys = jax.random.split(jax.random.PRNGKey(1), (1, plain.num_units))
@@ -213,7 +214,7 @@ def test_rematerialised_and_unit_chunked_meta_gradient_equals_plain():
     for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     tx = optimizer(memory_saving, meta, 1e-3)
-    jaxpr = str(jax.make_jaxpr(lambda g: tx.update(g, tx.init(g)))(jnp.ones(1764)))
+    jaxpr = str(jax.make_jaxpr(lambda g: tx.update(g, tx.init(g)))(jnp.ones(14084)))
     assert "checkpoint" in jaxpr or "remat" in jaxpr
 
 
@@ -333,7 +334,8 @@ def test_checkpoint_write_is_atomic(trained, monkeypatch):
 def test_eval_loads_a_checkpoint_and_compares_with_adam_and_rmsprop(trained):
     config, state = trained
     results = om.main(replace(om.Optim4RLConfig(), eval=config.run_dir, eval_timesteps=2_560, eval_seeds=2))
-    assert set(results) == {"Optim4RL (learned)", "Optim4RL (init)", "Adam", "RMSprop"}
+    baselines = {f"{name} (lr {lr:g})" for name in ("Adam", "RMSprop") for lr in config.eval_baseline_lrs}
+    assert set(results) == {"Optim4RL (learned)", "Optim4RL (init)"} | baselines  # the checkpoint's lr sweep
     assert all(len(r["final_returns"]) == 2 and np.isfinite(r["mean"]) for r in results.values())
     assert os.path.exists(os.path.join(config.run_dir, "eval_Catch-bsuite.png"))
 
@@ -437,6 +439,47 @@ def test_learned_optimizer_trains_ppo_through_the_interface(trained):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(out["params"]))
 
 
+# ----------------------------------------------------------------------------------------------- presets
+def preset(name):
+    return replace(om.Optim4RLConfig(), **om.PRESETS[name])
+
+
+def test_presets_follow_the_authors_configs():
+    """sail-sg/optim4rl: configs/meta_rl_catch.json, a2c_catch.json, meta_rl_sdl.json, meta_rl_bdl.json,
+    meta_rl_grid.json, a2c_grid.json, lopt_rl_*.json; the feature nets of components/network.py."""
+    catch = preset("catch")
+    assert (catch.num_units, catch.envs_per_unit, catch.agent_lr, catch.reset_interval) == (64, 1, 1e-3, 32)
+    assert (catch.meta_grad_clip_mode, catch.meta_grad_clip, preset("catch_m64").reset_interval) == (
+        "global_norm", 0.5, 64)
+    assert (preset("catch_elementwise_clip").meta_grad_clip_mode, preset("catch_elementwise_clip").meta_grad_clip) \
+        == ("elementwise", 1.0)
+    unit, evaluation = om.unit_agent_config(catch), om.eval_agent_config(catch)
+    assert (unit.num_envs, unit.torso, unit.width, unit.grad_clip) == (1, "mlp", 256, 0.0)  # D256
+    assert (evaluation.num_envs, evaluation.total_timesteps, evaluation.learning_rate) == (64, 500_000, 1e-3)
+    assert catch.eval_baseline_lrs == ()  # a2c_catch.json: Adam and RMSprop at 1e-3 alone
+    assert preset("small_dense_long").agent_lr == 3e-2 and preset("big_dense_long").agent_lr == 3e-3
+    for name, torso in (("small_dense_long", "mlp"), ("big_dense_long", "conv"), ("six_gridworlds", "conv")):
+        config = preset(name)
+        evaluation = om.eval_agent_config(config)
+        assert (config.num_units, config.envs_per_unit, evaluation.num_envs, evaluation.total_timesteps) == (
+            512, 1, 512, 30_000_000)
+        assert (evaluation.torso, evaluation.width, evaluation.grad_clip) == (torso, 32, 1.0)
+        assert config.eval_baseline_lrs == (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+    six = preset("six_gridworlds")
+    assert {name: om.unit_agent_config(six, name).learning_rate for name in six.tasks} == {
+        "small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3, "big_dense_short": 3e-3,
+        "big_sparse_long": 1e-3, "big_dense_long": 3e-3}
+
+
+def test_meta_gradient_clip_is_global_norm_or_element_wise():
+    grads = {"a": jnp.array([3.0, -0.5]), "b": jnp.array([4.0])}  # global norm 5.025
+    for config, expected in ((preset("catch"), [3.0 * 0.5 / 5.025, -0.5 * 0.5 / 5.025, 4.0 * 0.5 / 5.025]),
+                             (preset("catch_elementwise_clip"), [1.0, -0.5, 1.0])):
+        clip = om.meta_gradient_clip(config)
+        clipped, _ = clip.update(grads, clip.init(grads))
+        np.testing.assert_allclose(np.concatenate([clipped["a"], clipped["b"]]), expected, rtol=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("field, value, message", [
     ("architecture", "lstm", "unknown architecture 'lstm'; valid: optim4rl, linear_optim, l2lgd2"),
@@ -445,7 +488,7 @@ def test_learned_optimizer_trains_ppo_through_the_interface(trained):
     ("eval_env", "Pong-v5", "unknown env_name 'Pong-v5' for A2C"),
     ("tasks", ("big_dense_long", "Catch-bsuite"), "tasks must be distinct Optim4RL gridworlds"),
     ("tasks", ("big_dense_long", "big_dense_long"), "tasks must be distinct Optim4RL gridworlds"),
-    ("unit_chunk", 3, "unit_chunk must be 0 or divide num_units = 16, got 3"),
+    ("unit_chunk", 3, "unit_chunk must be 0 or divide num_units = 4, got 3"),
     ("remat_chunk", 0, "remat_chunk must be positive, got 0"),
     ("reset_interval", 0, "reset_interval must be at least 1, got 0"),
     ("num_units", 0, "num_units must be positive, got 0"),
@@ -454,6 +497,9 @@ def test_learned_optimizer_trains_ppo_through_the_interface(trained):
     ("eval_seeds", 1, "eval_seeds must be at least 2"),
     ("eval_timesteps", 100, "total_timesteps = 100 is less than one rollout"),
     ("meta_lr", 0.0, "meta_lr must be positive"),
+    ("meta_grad_clip_mode", "norm", "unknown meta_grad_clip_mode 'norm'; valid: global_norm, elementwise"),
+    ("task_lrs", (1e-3,), r"task_lrs \(0.001,\) must give one lr per task of \(\)"),
+    ("eval_baseline_lrs", (1e-3, -1.0), r"learning rates must be positive, got .* eval_baseline_lrs \(0.001, -1.0\)"),
     ("eval", "runs/nowhere/checkpoint.npz", "eval: no checkpoint at 'runs/nowhere/checkpoint.npz'"),
 ])
 def test_bad_input_is_refused_before_compiling(field, value, message, tmp_path, monkeypatch):
