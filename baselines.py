@@ -4,23 +4,22 @@ Appendix C.2, Tables 4-6; Optim4RL Section 6.1).
     python baselines.py                                # tune Adam, RMSprop, Lion and SGD on Catch, then the report
     python baselines.py --preset breakout              # OPEN's MinAtar sweep (Table 4 ranges, Table 3 PPO): for GPUs
     python baselines.py --mode report --learned trained/open_catch.msgpack runs/optim4rl_catch
+    python baselines.py --preset no_features           # OPEN's 'No Features' baseline, trained by OPEN's ES
+    python baselines.py --preset optim4rl_es           # Optim4RL trained by OPEN's ES at 0.1 x tuned Adam's lr
 
 1. Tuning (App. C.2): for each task, a grid over the learning rate (log-spaced over the optimizer's range of Tables
    4-6), beta1 / beta2 (Adam, Lion) or decay (RMSprop), and linear annealing of the learning rate to 0 on or off.
-   Every setting trains PPO on `tune_seeds` seeds; the best setting by mean final return is written to `tuned_path`
-   (trained/tuned.json), which the other scripts read: Adam's return normalises OPEN's multi-task fitness, and
-   0.1 x Adam's learning rate is the learning rate of the Optim4RL-by-ES baseline. The whole sweep of one task, all
-   optimizers, settings and seeds, is one jitted XLA program.
+   Every setting trains PPO on `tune_seeds` seeds; the best setting by mean final return is written to
+   out_dir/tuned.json, and with `--update-tuned` into the shipped trained/tuned.json, which the other scripts read:
+   Adam's return normalises OPEN's multi-task fitness, and 0.1 x Adam's learning rate is the learning rate of the
+   Optim4RL-by-ES baseline. The whole sweep of one task, all optimizers, settings and seeds, is one jitted program.
 2. The report: every tuned optimizer and every learned optimizer in `learned` (files written by open_es.py or
-   optim4rl_metagrad.py) trains PPO on `eval_seeds` held-out seeds of each task. IQM and mean final return with 95%
-   stratified bootstrap confidence intervals (rliable; Agarwal et al., 2021), raw per task and normalised by tuned
-   Adam across tasks; return curves and an IQM bar chart (PNG); a markdown table (results.md).
-
-The learned baselines are trained by the repo's own machinery, one command each:
-    python open_es.py --preset no_features            # OPEN's 'No Features' (gradient and momenta only), by ES
-    python open_es.py --preset optim4rl               # Optim4RL trained by ES at 0.1 x Adam's lr (OPEN's baseline)
-    python optim4rl_metagrad.py --architecture linear_optim   # Optim4RL's LinearOptim ablation, meta-gradients
-    python optim4rl_metagrad.py --architecture l2lgd2         # Optim4RL's L2LGD^2 ablation, meta-gradients
+   optim4rl_metagrad.py) trains PPO on `eval_seeds` held-out seeds of each task, through ppo.compare (per task:
+   <task>.md, .json, .png); across tasks, IQM and mean final return normalised by tuned Adam with 95% stratified
+   bootstrap CIs (rliable; Agarwal et al., 2021), in results.md and iqm.png.
+3. The learned baselines of OPEN Sec. 6.1, trained by open_es.py's ES (`learned_baseline`): 'No Features' (gradient
+   and momenta only) and Optim4RL (Lan et al.) at OPEN's sizes and a fixed 0.1 x tuned Adam's learning rate. Optim4RL's
+   own ablations train by meta-gradients: `python optim4rl_metagrad.py --architecture linear_optim` (or l2lgd2).
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
@@ -37,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import gridworld
 import open_es
 import optim4rl_metagrad
 import ppo
@@ -57,8 +55,11 @@ class BaselinesConfig:
     learned: tuple[str, ...] = ("trained/open_catch.msgpack", "trained/no_features_catch.msgpack",
                                 "trained/optim4rl_es_catch.msgpack")  # learned optimizers in the report
     bootstrap_reps: int = 2000  # stratified bootstrap resamples of the confidence intervals
-    tuned_path: str = "trained/tuned.json"  # best settings per env, read by open_es.py and by the report
-    out_dir: str = "runs/baselines"  # sweep results, plots, results.md and metrics.jsonl (the printed results)
+    tuned_path: str = "trained/tuned.json"  # tuned settings the report reads (after tuning: out_dir/tuned.json)
+    update_tuned: bool = False  # also merge the tuning results into the shipped tuned_path
+    out_dir: str = "runs/baselines"  # sweep results, tuned.json, plots, results.md and metrics.jsonl
+    learned_baseline: str = ""  # with mode "learned": LEARNED_BASELINES, meta-trained by OPEN's ES (settings: es)
+    es: open_es.OpenConfig = open_es.OpenConfig()  # that ES and its inner task (open_es.py's CPU default, Catch)
     wandb: bool = False  # log the metrics.jsonl records to Weights & Biases too (the `wandb` extra)
     seed: int = 0  # seeds of the sweep are seed, seed + 1, ...; the report uses held-out seeds 10000, ...
 
@@ -76,11 +77,16 @@ LEARNING_RATE_RANGES = {  # Tables 4-6; gridworld RMSprop and Lion are not in Ta
 SGD_RANGE = (1e-2, 3.0)  # SGD is not in the papers' tables: a wide range around the clipped-gradient scale
 PRESETS = {
     "default": {},
+    "no_features": dict(mode="learned", learned_baseline="no_features",
+                        es=replace(open_es.OpenConfig(), out_dir="runs/no_features_catch")),
+    "optim4rl_es": dict(mode="learned", learned_baseline="optim4rl",
+                        es=replace(open_es.OpenConfig(), out_dir="runs/optim4rl_es_catch")),
     "minatar": dict(tasks=("asterix", "breakout", "freeway", "spaceinvaders"), learned=()),
     **{name: dict(tasks=(name,), learned=()) for name in TASKS if name != "catch"},
 }
 PRESETS["gridworld"]["tune_seeds"] = 8  # App. C.2
-MODES = ("all", "tune", "report")
+MODES = ("all", "tune", "report", "learned")
+LEARNED_BASELINES = ("no_features", "optim4rl")
 
 
 def validate(config):
@@ -105,12 +111,17 @@ def validate(config):
         raise ValueError(f"betas must be one or more values in [0, 1), got {config.betas}")
     if not config.anneal:
         raise ValueError("anneal must hold False, True or both")
-    for path in config.learned:
-        if learned_kind(path) == "open_es":
-            open_es.load_optimizer(path)  # a bad file is refused here, before anything compiles
+    if config.mode == "learned":
+        if config.learned_baseline not in LEARNED_BASELINES:
+            raise ValueError(f"unknown learned_baseline {config.learned_baseline!r}; valid: "
+                             f"{', '.join(LEARNED_BASELINES)}")
+        open_es.validate(replace(config.es, optimizer=config.learned_baseline), learned=True)
+        return
+    for path in config.learned if config.mode != "tune" else ():
+        load_learned(path)  # a bad file is refused here, before anything compiles
     if config.mode == "report":
         for task in config.tasks:
-            tuned_settings(config.tuned_path, TASKS[task].env_name, config.optimizers)
+            ppo.tuned_settings(config.tuned_path, TASKS[task].env_name, config.optimizers)
     for task in config.tasks:
         ppo.validate(TASKS[task])
 
@@ -130,17 +141,8 @@ def grid(name, task, config):
 
 
 def make_run(task_config, optimizer_fn):
-    """`run(key, optimizer_params)` -> PPO's output; on a gridworld the level is drawn from the key (a fixed level
-    whatever the key, a distribution such as 'all' one level a seed)."""
-    train = ppo.make_train(task_config, optimizer_fn)
-    env, _ = ppo.make_env(task_config.env_name, task_config.brax_backend, task_config.episode_length)
-    if not isinstance(env, gridworld.Gridworld):
-        return train
-
-    def run(key, optimizer_params):
-        level_key, train_key = jax.random.split(key)
-        return train(train_key, optimizer_params, gridworld.sample_level(level_key, env))
-    return run
+    """`run(key, optimizer_params)` -> PPO's output; on a gridworld distribution each key draws its level."""
+    return ppo.on_levels(ppo.make_train(task_config, optimizer_fn), task_config.env_name)
 
 
 def sweep(run, settings, keys, settings_per_batch=0):
@@ -185,14 +187,14 @@ def tune(config, task):
         ppo.record(config.out_dir, {"mode": "tune", "task": task, "optimizer": name, **setting,
                                     "final_return": mean, "edge_of_range": bool(edge)}, config.wandb)
     os.makedirs(config.out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(config.out_dir, f"sweep_{task}.json"),
-                      {name: dict({k: v.tolist() for k, v in grids[name].items()},
-                                  final_returns=np.asarray(returns[name]).tolist()) for name in grids})
-    entry = {"ppo": asdict(task_config), "optimizers": tuned}
-    existing = read_json(config.tuned_path) if os.path.exists(config.tuned_path) else {}
-    existing.setdefault(task_config.env_name, {"optimizers": {}})["optimizers"].update(entry["optimizers"])
-    existing[task_config.env_name]["ppo"] = entry["ppo"]
-    write_json_atomic(config.tuned_path, existing)
+    ppo.write_atomic(os.path.join(config.out_dir, f"sweep_{task}.json"), json.dumps(
+        {name: dict({k: v.tolist() for k, v in grids[name].items()}, final_returns=np.asarray(returns[name]).tolist())
+         for name in grids}, indent=1))
+    for path in (os.path.join(config.out_dir, "tuned.json"),) + (config.tuned_path,) * config.update_tuned:
+        existing = read_json(path) if os.path.exists(path) else {}
+        existing.setdefault(task_config.env_name, {"optimizers": {}})["optimizers"].update(tuned)
+        existing[task_config.env_name]["ppo"] = asdict(task_config)
+        ppo.write_atomic(path, json.dumps(existing, indent=1))
     return tuned
 
 
@@ -202,152 +204,126 @@ def read_json(path):
         return json.load(f)
 
 
-def write_json_atomic(path, payload):
-    """Write to a temporary file, then rename it over `path`: a reader never sees a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(f"{path}.tmp", path)
+def optim4rl_by_es(es_config):
+    """(optimizer_fn, initial meta_params) of Optim4RL for OPEN's ES (OPEN Sec. 6.1, App. B.4): GRU 8 and MLPs
+    [16, 16] (OPEN's sizes; doubled for multi-task, App. B.5), at the fixed lr `optim4rl_learning_rate`, so ES
+    evolves its network only."""
+    config = optim4rl_metagrad.Optim4RLConfig(gru_size=es_config.gru_size, mlp_sizes=(es_config.hidden_size,) * 2)
+    optimizer_fn = optim4rl_metagrad.make_optimizer_fn(config)
+    learning_rate = es_config.optim4rl_learning_rate or 0.1 * es_config.ppo.learning_rate  # files before the field
+    return (lambda meta_params: optimizer_fn({"meta": meta_params, "learning_rate": learning_rate}),
+            optim4rl_metagrad.init_meta_params(config, jax.random.PRNGKey(es_config.seed)))
 
 
-def tuned_settings(path, env_name, optimizers):
-    """{optimizer: tuned setting} for `env_name` from the tuning results file, or a clear error."""
-    if not os.path.exists(path):
-        raise ValueError(f"no tuning results at {path!r}: run `python baselines.py --mode tune` first")
-    by_env = read_json(path)
-    if env_name not in by_env:
-        raise ValueError(f"{path} has no tuned settings for {env_name!r}; it has: {', '.join(by_env)}")
-    missing = [name for name in optimizers if name not in by_env[env_name]["optimizers"]]
-    if missing:
-        raise ValueError(f"{path} has no tuned {', '.join(missing)} for {env_name!r}")
-    return {name: by_env[env_name]["optimizers"][name] for name in optimizers}
-
-
-def learned_kind(path):
-    """'open_es' for a file written by open_es.py (.msgpack) or an OPEN optimizer released by its authors (.npy),
-    'optim4rl' for an optim4rl_metagrad.py checkpoint."""
-    if path.endswith((".msgpack", ".npy")) and os.path.isfile(path):
-        return "open_es"
-    if os.path.isfile(optim4rl_metagrad.checkpoint_path(path)):
-        return "optim4rl"
-    raise ValueError(f"learned optimizer {path!r} not found: expected an open_es.py .msgpack file, an OPEN .npy "
-                     f"file of its authors (trained/authors/) or an optim4rl_metagrad.py checkpoint (or its run "
-                     f"directory)")
+def train_learned_baseline(config):
+    """Meta-train `learned_baseline` with open_es.py's ES on config.es (No Features: OPEN's network on gradient and
+    momenta; Optim4RL: at 0.1 x tuned Adam's lr from tuned_path, Sec. 6.1), then compare it with Adam."""
+    es = replace(config.es, optimizer=config.learned_baseline)
+    learned = None
+    if config.learned_baseline == "optim4rl":
+        if not es.optim4rl_learning_rate:
+            adam_lr = ppo.tuned_settings(config.tuned_path, es.ppo.env_name, ["adam"])["adam"]["learning_rate"]
+            es = replace(es, optim4rl_learning_rate=0.1 * adam_lr)
+            print(f"Optim4RL's learning rate: 0.1 x tuned Adam's {adam_lr:.4g} ({config.tuned_path})")
+        learned = optim4rl_by_es(es)
+    meta_params, _ = open_es.meta_train(es, learned)
+    open_es.versus_adam(es, (learned or (open_es.open_optimizer(es),))[0], meta_params, es.ppo,
+                        os.path.join(es.out_dir, "summary"))
 
 
 def load_learned(path):
-    """(label, optimizer_fn, optimizer_params) of a learned optimizer file."""
-    if learned_kind(path) == "open_es":
-        optimizer_fn, optimizer_params = open_es.learned_optimizer(path)
-    else:
-        optimizer_fn, optimizer_params = optim4rl_metagrad.learned_optimizer(path)
-    return os.path.splitext(os.path.basename(path.rstrip("/")))[0], optimizer_fn, optimizer_params
+    """(label, optimizer_fn, optimizer_params) of a learned optimizer file: open_es.py's (OPEN, its ablations, No
+    Features, Optim4RL by ES), an OPEN .npy of its authors, or an optim4rl_metagrad.py checkpoint (or run dir)."""
+    label = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+    if optim4rl_metagrad.is_checkpoint(path):
+        return label, *optim4rl_metagrad.learned_optimizer(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"learned optimizer {path!r} not found: expected an open_es.py .msgpack file, an OPEN .npy "
+                         f"file of its authors (trained/authors/) or an optim4rl_metagrad.py checkpoint (or its run "
+                         f"directory)")
+    if path.endswith(".npy"):
+        return label, *open_es.learned_optimizer(path)
+    payload = ppo.load_checkpoint(path)
+    es = open_es.config_from_dict(json.loads(payload["config"]))
+    if es.optimizer != "optim4rl":
+        return label, *open_es.learned_optimizer(path)
+    optimizer_fn, template = optim4rl_by_es(es)
+    return label, optimizer_fn, open_es.serialization.from_state_dict(template, payload["meta_params"])
 
 
 # ----------------------------------------------------------------------------------------------- the report
-def evaluate_task(config, task, learned):
-    """{optimizer: {"final": (seeds,), "curve": (seeds, updates)}} of PPO on `task` on the held-out seeds."""
+def evaluate_task(config, task, learned, tuned_path):
+    """Every tuned and learned optimizer on `task`'s held-out seeds (ppo.compare: out_dir/<task>.md, .json, .png)."""
     task_config = TASKS[task]
     steps = ppo.optimizer_steps(task_config)
     candidates = {name: (ppo.hand_designed(name, steps), {k: jnp.float32(v) for k, v in setting.items()
                                                           if k not in ("final_return", "num_seeds")})
-                  for name, setting in tuned_settings(config.tuned_path, task_config.env_name,
-                                                      config.optimizers).items()}
+                  for name, setting in ppo.tuned_settings(tuned_path, task_config.env_name, config.optimizers).items()}
     candidates.update({label: (fn, params) for label, fn, params in learned})
-    runs = {name: jax.vmap(make_run(task_config, fn), in_axes=(0, None)) for name, (fn, _) in candidates.items()}
-    program = jax.jit(lambda keys, params: {name: runs[name](keys, params[name]) for name in runs})  # one compile
-    start = time.time()
-    out = jax.device_get(program(open_es.held_out_keys(config), {n: p for n, (_, p) in candidates.items()}))
-    results = {name: {"final": np.asarray(out[name]["final_return"], np.float64),  # in candidates' order
-                      "training": np.asarray(out[name]["training_return"], np.float64),
-                      "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
-    print(f"  {task}: {len(results)} optimizers x {config.eval_seeds} seeds in {time.time() - start:.0f} s (compile "
-          f"included); mean final return " + ", ".join(f"{n} {r['final'].mean():.3f}" for n, r in results.items()),
-          flush=True)
+    results = ppo.compare({name: (make_run(task_config, fn), params) for name, (fn, params) in candidates.items()},
+                          ppo.held_out_keys(config.eval_seeds), task_config.num_envs * task_config.num_steps,
+                          os.path.join(config.out_dir, task), f"PPO on {task_config.env_name} ({task}), "
+                          f"{task_config.total_timesteps:,} steps", reps=config.bootstrap_reps)
     for name, r in results.items():
         ppo.record(config.out_dir, {"mode": "report", "task": task, "optimizer": name,
                                     "mean_final_return": float(r["final"].mean())}, config.wandb)
     return results
 
 
-def results_table(config, results, estimates, normalised):
-    """Markdown: IQM and mean [95% CI] of the final return per task, and normalised by Adam over tasks; next to them
-    the mean of the OPEN authors' metric (ppo.make_train's training_return)."""
-    def cell(e):
-        return f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"
-    lines = [f"PPO, {config.eval_seeds} held-out seeds per optimizer and task; IQM and mean of the final return "
-             f"with 95% stratified bootstrap CIs (rliable, {config.bootstrap_reps} resamples); training: the mean "
-             f"of the OPEN authors' metric (last completed training episode of each env).", "",
-             "| task | optimizer | IQM | mean | training |", "|---|---|---|---|---|"]
-    for task in results:
-        lines += [f"| {task} | {name} | {cell(e[0])} | {cell(e[1])} | {results[task][name]['training'].mean():.3f} |"
-                  for name, e in estimates[task].items()]
-    if normalised:
-        lines += [f"| all, / Adam | {name} | {cell(e[0])} | {cell(e[1])} | |" for name, e in normalised.items()]
-    return "\n".join(lines) + "\n"
+def report(config, tuned_path):
+    """Every tuned and learned optimizer on every task, and across tasks normalised by tuned Adam's mean return (OPEN
+    Fig. 3): results.md (each task's table, then the normalised one) and iqm.png in out_dir."""
+    learned = [load_learned(path) for path in config.learned]
+    results = {task: evaluate_task(config, task, learned, tuned_path) for task in config.tasks}
+    sections = []
+    for task in config.tasks:
+        with open(os.path.join(config.out_dir, f"{task}.md")) as f:
+            sections.append(f.read().replace("# ", f"## {task}: ", 1))
+    estimates = {}
+    if len(config.tasks) > 1 and "adam" in config.optimizers:
+        names = list(results[config.tasks[0]])
+        estimates = ppo.interval_estimates(
+            {n: np.stack([results[t][n]["final"] / results[t]["adam"]["final"].mean() for t in config.tasks], 1)
+             for n in names}, config.bootstrap_reps, config.seed)
+        cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
+        sections.append("\n".join([f"## All tasks, final return / tuned Adam's mean ({config.bootstrap_reps} "
+                                   f"stratified bootstrap resamples)", "", "| optimizer | IQM | mean |", "|---|---|---|"]
+                                  + [f"| {n} | {cell(e[0])} | {cell(e[1])} |" for n, e in estimates.items()]) + "\n")
+        plot_iqm(estimates, os.path.join(config.out_dir, "iqm.png"))
+    table = "\n".join(sections)
+    ppo.write_atomic(os.path.join(config.out_dir, "results.md"), table)
+    print(f"\nresults.md, <task>.md/.json/.png{' and iqm.png' * bool(estimates)} in {config.out_dir}")
+    return results, estimates
 
 
-def plot_report(config, results, estimates):
-    """returns_<task>.png: mean return over training with its standard error; iqm.png: IQM with 95% CIs."""
+def plot_iqm(estimates, path):
+    """IQM and mean with their 95% CIs (rliable's interval plot)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    for task, runs in results.items():
-        task_config = TASKS[task]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, run in runs.items():
-            steps = np.arange(1, run["curve"].shape[1] + 1) * task_config.num_envs * task_config.num_steps
-            mean = np.nanmean(run["curve"], 0)
-            error = np.nanstd(run["curve"], 0) / np.sqrt(run["curve"].shape[0])
-            ax.plot(steps, mean, label=name)
-            ax.fill_between(steps, mean - error, mean + error, alpha=0.2)
-        ax.set(xlabel="environment steps", ylabel="episode return", title=f"PPO on {task_config.env_name}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(config.out_dir, f"returns_{task}.png"), dpi=100)
-        plt.close(fig)
-    fig, axes = plt.subplots(1, len(estimates), figsize=(4 * len(estimates), 3.5), squeeze=False)
-    for ax, (task, by_name) in zip(axes[0], estimates.items()):
-        names = list(by_name)
-        iqm = np.array([by_name[n][0] for n in names])
-        ax.barh(names, iqm[:, 0], xerr=[iqm[:, 0] - iqm[:, 1], iqm[:, 2] - iqm[:, 0]], capsize=3)
-        ax.set(title=task, xlabel="IQM final return")
-    fig.tight_layout()
-    fig.savefig(os.path.join(config.out_dir, "iqm.png"), dpi=100)
+    from rliable import plot_utils
+    names = list(estimates)
+    points = {n: estimates[n][:, 0] for n in names}
+    intervals = {n: estimates[n][:, 1:].T for n in names}
+    fig, _ = plot_utils.plot_interval_estimates(points, intervals, ["IQM", "Mean"], names,
+                                                xlabel="final return / tuned Adam's mean")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
-
-def report(config):
-    """Every tuned and learned optimizer on every task: results.md, returns_<task>.png, iqm.png in out_dir."""
-    learned = [load_learned(path) for path in config.learned]
-    results = {task: evaluate_task(config, task, learned) for task in config.tasks}
-    estimates = {task: open_es.interval_estimates({n: r["final"][:, None] for n, r in runs.items()},
-                                                  config.bootstrap_reps, config.seed)
-                 for task, runs in results.items()}
-    normalised = {}
-    if len(config.tasks) > 1 and "adam" in config.optimizers:  # OPEN Fig. 3: returns / Adam's mean return, per task
-        names = list(results[config.tasks[0]])
-        normalised = open_es.interval_estimates(
-            {n: np.stack([results[t][n]["final"] / results[t]["adam"]["final"].mean() for t in config.tasks], 1)
-             for n in names}, config.bootstrap_reps, config.seed)
-    os.makedirs(config.out_dir, exist_ok=True)
-    table = results_table(config, results, estimates, normalised)
-    with open(os.path.join(config.out_dir, "results.md"), "w") as f:
-        f.write(table)
-    plot_report(config, results, estimates)
-    print("\n" + table + f"\nresults.md, returns_<task>.png and iqm.png in {config.out_dir}")
-    return estimates, normalised
 
 
 def main(config):
     validate(config)
     start = time.time()
+    if config.mode == "learned":
+        return train_learned_baseline(config)
+    tuned_path = config.tuned_path
     if config.mode in ("all", "tune"):
         for task in config.tasks:
             tune(config, task)
-        print(f"tuned settings written to {config.tuned_path}")
+        tuned_path = os.path.join(config.out_dir, "tuned.json")
+        print(f"tuned settings written to {tuned_path}" + f" and {config.tuned_path}" * config.update_tuned)
     if config.mode in ("all", "report"):
-        report(config)
+        report(config, tuned_path)
     print(f"total {time.time() - start:.0f} s")
 
 

@@ -5,7 +5,7 @@
     python open_es.py --eval runs/open_catch/optimizer.msgpack --ppo.env-name Catch-bsuite
     python open_es.py --eval trained/authors/breakout_OPEN.npy --preset breakout   # the authors' released optimizer
     python open_es.py --preset multitask     # the four MinAtar games at once (Sec. 6.3); --preset gridworld (App. D)
-    python open_es.py --preset no_features   # a learned baseline on Catch; also optim4rl, --ablate dormancy, ...
+    python open_es.py --ablate dormancy      # an ablation (Sec. 7.1); the learned baselines: baselines.py
 
 The optimizer (Section 5.1, Appendix B; every input and the update as in the authors' rl_optimizer/network.py and
 train.py): per parameter, 19 inputs (parameter value, six momenta and the gradient as sign and log(|.| + 1e-13), all
@@ -26,8 +26,9 @@ XLA program. Fitness is the final return of that evaluation; evosax minimises, s
 Breadth (Sections 6-7, Appendices B.5, D, H, I), one flag each: `--tasks` multi-task training (fitness: return over
 Adam's return, averaged over envs); `--task-sampling` gridworld levels drawn per antithetic pair, ranked within the
 pair; `--separated` distinct actor and critic meta-parameters; `--ablate` removes OPEN inputs or its noise;
-`--optimizer no_features | optim4rl` the learned baselines, trained by the same ES. The population axis is split over
-every device (`jax.shard_map`), across hosts with `--coordinator` (`jax.distributed`).
+`--optimizer no_features` OPEN's 'No Features' baseline. `meta_train(config, learned=(optimizer_fn, meta_params))`
+trains any other learned optimizer by the same ES (baselines.py: Optim4RL, Sec. 6.1). The population axis is split
+over every device (`jax.shard_map`), across hosts with `--coordinator` (`jax.distributed`).
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
@@ -58,7 +59,6 @@ if __name__ == "__main__":
     start_distributed(sys.argv[1:])
 import json
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 
 import flax.linen as nn
@@ -73,7 +73,6 @@ from flax import serialization
 from jax.sharding import PartitionSpec
 
 import gridworld
-import optim4rl_metagrad
 import ppo
 from ppo import PPOConfig
 
@@ -112,14 +111,13 @@ class OpenConfig:
     out_dir: str = "runs/open_catch"  # checkpoint, learned optimizer, plots and summary
     eval: str = ""  # a learned optimizer's file: skip meta-training, evaluate it on `ppo.env_name` vs Adam in out_dir
     wandb: bool = False  # log the progress records (out_dir/metrics.jsonl) to Weights & Biases too (`wandb` extra)
-    optimizer: str = "open"  # OPTIMIZERS: OPEN, 'No Features' (14 inputs, no noise) or Optim4RL (Sec. 6.1, App. B.4)
+    optimizer: str = "open"  # OPTIMIZERS: OPEN or 'No Features' (14 inputs, no noise; Sec. 6.1, App. B.4)
     ablate: tuple[str, ...] = ()  # ABLATIONS removed from OPEN (Sec. 7.1, App. I.1)
     separated: bool = False  # distinct meta-parameters for actor and critic (Sec. 7.2, Deep Sea)
     tasks: tuple[str, ...] = ()  # multi-task envs (Sec. 6.3), each trained with `ppo` (its env_name replaced)
     adam_returns: tuple[float, ...] = ()  # Adam's return per task; empty: read from tuned_path (baselines.py)
     tuned_path: str = "trained/tuned.json"  # baselines.py's tuned settings, for Adam's returns and learning rate
-    # Optim4RL's fixed lr; 0: 0.1 x Adam's tuned lr on ppo.env_name from tuned_path, resolved when meta-training
-    # starts (Sec. 6.1). Files written before this field: 0.1 x ppo.learning_rate.
+    # Optim4RL trained by this ES (baselines.py): its fixed lr, stored with the file (Sec. 6.1: 0.1 x tuned Adam's)
     optim4rl_learning_rate: float = 0.0
     task_sampling: bool = False  # gridworld levels of `ppo.env_name` drawn per antithetic pair (App. D)
     generalisation: bool = False  # with eval: Figures 4 and 16, OPEN / Adam on GRID_EVAL_LEVELS, widths, lengths
@@ -132,7 +130,7 @@ class OpenConfig:
     process_id: int = 0
 
 
-OPTIMIZERS = ("open", "no_features", "optim4rl")
+OPTIMIZERS = ("open", "no_features")
 LABELS = {"open": "OPEN", "no_features": "No Features", "optim4rl": "Optim4RL"}
 ES_INITS = ("random", "zeros")
 ABLATIONS = ("training_proportion", "batch_proportion", "dormancy", "layer_proportion", "stochasticity")
@@ -162,14 +160,12 @@ PRESETS = {
     "breakout_short": dict(MINATAR_ES, generations=250, out_dir="runs/open_breakout_short",
                            ppo=replace(ppo.PPOConfig(), **dict(ppo.PRESETS["breakout"], total_timesteps=200_000),
                                        log_every=0)),
-    # The learned baselines of Sec. 6.1 on the CPU default task (Catch).
-    "no_features": dict(optimizer="no_features", out_dir="runs/no_features_catch"),
-    "optim4rl": dict(optimizer="optim4rl", out_dir="runs/optim4rl_es_catch"),
 }
 
 
-def validate(config):
-    """Refuse bad settings with a message naming the value, before anything compiles."""
+def validate(config, learned=False):
+    """Refuse bad settings with a message naming the value, before anything compiles. `learned`: meta_train is given
+    another learned optimizer, named by config.optimizer."""
     ppo.validate(config.ppo)
     ppo.check_wandb(config.wandb)
     if config.population_size < 2 or config.population_size % 2:
@@ -181,7 +177,7 @@ def validate(config):
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if config.eval and not os.path.isfile(config.eval):
         raise ValueError(f"no learned optimizer at eval path {config.eval!r}")
-    if config.optimizer not in OPTIMIZERS:
+    if config.optimizer not in OPTIMIZERS and not learned:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if config.es_init not in ES_INITS:
         raise ValueError(f"unknown es_init {config.es_init!r}; valid: {', '.join(ES_INITS)}")
@@ -205,19 +201,6 @@ def validate(config):
                          f"devices")
 
 
-def tuned_adam(config, tasks):
-    """baselines.py's tuned Adam setting (learning rate, final return, ...) on each task, from `tuned_path`."""
-    tuned = {}
-    if os.path.isfile(config.tuned_path):
-        with open(config.tuned_path) as f:
-            tuned = json.load(f)
-    missing = [t for t in tasks if "adam" not in tuned.get(t, {}).get("optimizers", {})]
-    if missing:
-        raise ValueError(f"no tuned Adam for {', '.join(missing)} in {config.tuned_path!r}: run baselines.py, or "
-                         f"pass --adam-returns (multi-task) or --optim4rl-learning-rate (Optim4RL)")
-    return [tuned[t]["optimizers"]["adam"] for t in tasks]
-
-
 def adam_references(config):
     """Adam's final return on each task (multi-task normalisation, Sec. 6.3): `adam_returns`, else baselines.py's
     tuning in `tuned_path`."""
@@ -226,7 +209,8 @@ def adam_references(config):
         if len(references) != len(config.tasks):
             raise ValueError(f"adam_returns has {len(references)} values for {len(config.tasks)} tasks")
     else:
-        references = np.array([adam["final_return"] for adam in tuned_adam(config, config.tasks)])
+        references = np.array([ppo.tuned_settings(config.tuned_path, task, ["adam"])["adam"]["final_return"]
+                               for task in config.tasks])
     if not np.all(references > 0):
         raise ValueError(f"Adam's returns must be positive to normalise by them, got {references.tolist()}")
     return references
@@ -373,24 +357,7 @@ def open_optimizer(config):
     return optimizer_fn
 
 
-def optim4rl_config(config):
-    """Optim4RL (Lan et al., 2023) at OPEN's sizes: GRU 8 and MLPs [16, 16]; doubled for multi-task (App. B.5)."""
-    return optim4rl_metagrad.Optim4RLConfig(gru_size=config.gru_size, mlp_sizes=(config.hidden_size,) * 2)
-
-
-def learned_optimizer_fn(config):
-    """`optimizer_fn(meta_params)` of the configured architecture. Optim4RL's learning rate is fixed
-    (`optim4rl_learning_rate`: 0.1 x Adam's; Sec. 6.1), so ES evolves its network only."""
-    if config.optimizer != "optim4rl":
-        return open_optimizer(config)
-    optim4rl = optim4rl_metagrad.make_optimizer_fn(optim4rl_config(config))
-    learning_rate = config.optim4rl_learning_rate or 0.1 * config.ppo.learning_rate
-    return lambda meta_params: optim4rl({"meta": meta_params, "learning_rate": learning_rate})
-
-
 def init_meta_params(config, rng):
-    if config.optimizer == "optim4rl":
-        return optim4rl_metagrad.init_meta_params(optim4rl_config(config), rng)
     network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
     init = lambda key: network.init(key, jnp.zeros((1, config.gru_size)),  # noqa: E731
                                     jnp.zeros((1, len(input_columns(config)))))
@@ -398,9 +365,9 @@ def init_meta_params(config, rng):
 
 
 # ----------------------------------------------------------------------------------------------- meta-training
-def initial_mean(config):
-    """Where the ES mean starts: flax's random initialisation, or all zeros (es_init "zeros", authors' train.py)."""
-    meta_params = init_meta_params(config, jax.random.PRNGKey(config.seed))
+def initial_mean(config, meta_params):
+    """Where the ES mean starts: `meta_params` (flax's random initialisation), or all zeros (es_init "zeros",
+    authors' train.py)."""
     return jax.tree.map(jnp.zeros_like, meta_params) if config.es_init == "zeros" else meta_params
 
 
@@ -475,39 +442,29 @@ def max_horizon(level):
         gridworld.DISTRIBUTIONS[level].horizon[1]
 
 
-def final_returns(ppo_config, optimizer_fn, task_sampling):
-    """`returns(optimizer_params, keys)`: PPO's final return for each seed key (vmapped). With task sampling each key
-    also draws its gridworld level of `ppo_config.env_name` (App. D); the same key, the same level."""
-    if task_sampling:
+def final_returns(ppo_config, optimizer_fn):
+    """`returns(optimizer_params, keys)`: PPO's final return for each seed key (vmapped). On a gridworld distribution
+    each key trains on its own level (ppo.on_levels; App. D), capped at the distribution's longest episode."""
+    if ppo_config.env_name in gridworld.DISTRIBUTIONS:
         ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
-    train = ppo.make_train(ppo_config, optimizer_fn)
-    env = gridworld.make(ppo_config.env_name)[0] if task_sampling else None
-
-    def run(optimizer_params, key):
-        level = None if env is None else gridworld.sample_level(jax.random.fold_in(key, 1), env)
-        return train(key, optimizer_params, level)["final_return"]
-    return jax.vmap(run, in_axes=(None, 0))
+    run = ppo.on_levels(ppo.make_train(ppo_config, optimizer_fn), ppo_config.env_name)
+    return jax.vmap(lambda optimizer_params, key: run(key, optimizer_params)["final_return"], in_axes=(None, 0))
 
 
-def make_scores(config):
-    """`scores(meta_params, keys)`: for each seed key, PPO trained with the learned optimizer on every task; its final
-    return over Adam's, averaged over tasks (one task: the plain return). One vmapped PPO program per task."""
-    optimizer_fn = learned_optimizer_fn(config)
-    runs = [final_returns(replace(config.ppo, env_name=task), optimizer_fn, config.task_sampling)
+def make_scores(config, optimizer_fn):
+    """`scores(meta_params, keys)`: for each seed key, PPO trained with `optimizer_fn(meta_params)` on every task; its
+    final return over Adam's, averaged over tasks (one task: the plain return). One vmapped PPO program per task."""
+    runs = [final_returns(replace(config.ppo, env_name=task), optimizer_fn)
             for task in config.tasks or (config.ppo.env_name,)]
     references = adam_references(config) if config.tasks else np.ones(1)
     return lambda meta_params, keys: normalised_score(jnp.stack([run(meta_params, keys) for run in runs], -1),
                                                       references)
 
 
-def make_member_returns(config):
+def make_member_returns(config, optimizer_fn):
     """Each member's mean score over `num_rollouts` PPO seeds drawn from its key."""
-    scores = make_scores(config)
+    scores = make_scores(config, optimizer_fn)
     return jax.vmap(lambda meta_params, key: scores(meta_params, jax.random.split(key, config.num_rollouts)).mean())
-
-
-def held_out_keys(config):
-    return jax.vmap(jax.random.PRNGKey)(jnp.arange(10_000, 10_000 + config.eval_seeds))
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -517,30 +474,10 @@ def config_from_dict(d):
     return OpenConfig(**{**d, "ppo": ppo.PPOConfig(**d["ppo"])})
 
 
-def save_atomic(path, payload):
-    """Write msgpack to a temporary file, then rename it over `path`: a reader never sees a half-written file.
-    Under jax.distributed only process 0 writes."""
-    if jax.process_index():
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(serialization.msgpack_serialize(payload))
-    os.replace(tmp, path)
-
-
-def load(path):
-    with open(path, "rb") as f:
-        return serialization.msgpack_restore(f.read())
-
-
-def check_architecture(config, stored_config, path):
-    """Refuse a file written for another optimizer or population size."""
-    defaults = asdict(OpenConfig())
-    for name in ("gru_size", "hidden_size", "population_size", "optimizer", "ablate", "separated"):
-        stored = stored_config.get(name, defaults[name])
-        if getattr(config, name) != (tuple(stored) if isinstance(stored, list) else stored):
-            raise ValueError(f"{path} was written with {name} = {stored}, but this run has "
-                             f"{name} = {getattr(config, name)}")
+def architecture(config):
+    """The settings a checkpoint must share with a run that resumes it."""
+    return {name: list(v) if isinstance(v := getattr(config, name), tuple) else v
+            for name in ("gru_size", "hidden_size", "population_size", "optimizer", "ablate", "separated")}
 
 
 # The authors' meta-parameter tree (rl_optimizer/network.py): {"gru_params": GRUCell params, "params": Sequential
@@ -585,27 +522,27 @@ def reorder_inputs(meta_params, config, order):
 
 
 def load_optimizer(path):
-    """(config, meta_params) of a learned optimizer: a file saved by `meta_train` or a released .npy of the authors.
+    """(config, meta_params) of an OPEN optimizer: a file saved by `meta_train` or a released .npy of the authors.
     Files saved before this repo followed the authors' input order (no "inputs" entry) get their GRU input rows
     reordered; they were meta-trained with this repo's earlier definitions (log eps 1e-8, a zero-mean per network,
     proportions u / N_updates, l / L and 1/3, 2/3, 1), so they may do less well under the authors' definitions."""
     if path.endswith(".npy"):
         return load_authors_optimizer(path)
-    payload = load(path)
+    payload = ppo.load_checkpoint(path)
     config = config_from_dict(json.loads(payload["config"]))
-    template = init_meta_params(config, jax.random.PRNGKey(0))
-    meta_params = serialization.from_state_dict(template, payload["meta_params"])
-    if config.optimizer == "optim4rl":
-        return config, meta_params
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"{path} holds {LABELS.get(config.optimizer, config.optimizer)} trained by ES, not an OPEN "
+                         f"optimizer: baselines.py evaluates it (--learned {path})")
+    meta_params = serialization.from_state_dict(init_meta_params(config, jax.random.PRNGKey(0)), payload["meta_params"])
     return config, reorder_inputs(meta_params, config, json.loads(payload.get("inputs", json.dumps(LEGACY_INPUTS))))
 
 
 def learned_optimizer(path):
-    """(optimizer_fn, optimizer_params) of any optimizer file `meta_train` wrote (OPEN and its variants, No Features,
-    Optim4RL) or of the authors' released .npy files, ready for `ppo.make_train(ppo_config, optimizer_fn)` and
+    """(optimizer_fn, optimizer_params) of an OPEN optimizer file (`meta_train`'s, with any ablation, No Features, or
+    the authors' released .npy files), ready for `ppo.make_train(ppo_config, optimizer_fn)` and
     `train(rng, optimizer_params)`."""
     config, meta_params = load_optimizer(path)
-    return learned_optimizer_fn(config), meta_params
+    return open_optimizer(config), meta_params
 
 
 def learned_transformation(path):
@@ -615,24 +552,29 @@ def learned_transformation(path):
 
 
 # ----------------------------------------------------------------------------------------------- the main job
-def meta_train(config):
-    """Meta-train OPEN; returns the meta-parameters with the best held-out return. Resumes from `out_dir`."""
-    os.makedirs(config.out_dir, exist_ok=True)
+def meta_train(config, learned=None):
+    """Meta-train OPEN, or the learned optimizer `learned` = (optimizer_fn, initial meta_params); returns the
+    meta-parameters with the best held-out return and the history. Resumes from out_dir's checkpoint."""
+    validate(config, learned=learned is not None)
+    optimizer_fn, meta_params = learned or (open_optimizer(config), init_meta_params(config,
+                                                                                      jax.random.PRNGKey(config.seed)))
+    meta_params = initial_mean(config, meta_params)
     checkpoint_path = os.path.join(config.out_dir, "checkpoint.msgpack")
-    meta_params = initial_mean(config)
     es = make_es(config, meta_params)
     unravel = jax.flatten_util.ravel_pytree(meta_params)[1]
     state = es.init(jax.random.PRNGKey(config.seed), meta_params, es.default_params)
-    generation = make_generation(es, make_member_returns(config), paired=config.task_sampling)
-    held_out = jax.jit(lambda params: make_scores(config)(params, held_out_keys(config)).mean())
+    generation = make_generation(es, make_member_returns(config, optimizer_fn), paired=config.task_sampling)
+    keys = ppo.held_out_keys(config.eval_seeds)
+    held_out = jax.jit(lambda params: make_scores(config, optimizer_fn)(params, keys).mean())
     history = {"mean_return": [], "best_return": [], "non_finite": [], "sigma": [], "eval_generation": [],
                "eval_return": []}
     best = {"return": -np.inf, "generation": 0, "meta_params": meta_params}
     start = 0
-    if os.path.exists(checkpoint_path):
-        saved = load(checkpoint_path)
-        check_architecture(config, json.loads(saved["config"]), checkpoint_path)
-        if config.optimizer != "optim4rl" and json.loads(saved.get("inputs", "[]")) != list(INPUTS):
+    saved = ppo.load_checkpoint(checkpoint_path)
+    if saved is not None:
+        stored = {**architecture(OpenConfig()), **json.loads(saved["config"])}
+        ppo.refuse_other(checkpoint_path, "another optimizer or population", stored, architecture(config))
+        if learned is None and json.loads(saved.get("inputs", "[]")) != list(INPUTS):
             raise ValueError(f"{checkpoint_path} was written with this repo's earlier input order; it cannot be "
                              f"resumed: choose a new out_dir")
         state = serialization.from_state_dict(state, saved["es_state"])
@@ -674,16 +616,16 @@ def meta_train(config):
         if (g + 1) % config.eval_every == 0 or g + 1 == config.generations:
             evaluate_mean(g + 1)
         if (g + 1) % config.checkpoint_every == 0 or g + 1 == config.generations:
-            save_atomic(checkpoint_path, {
+            ppo.save_checkpoint(checkpoint_path, {
                 "config": json.dumps(asdict(config)), "inputs": json.dumps(INPUTS), "generation": g + 1,
                 "es_state": serialization.to_state_dict(state),
                 "history": {k: np.asarray(v, np.float64) for k, v in history.items()},
                 "best": {"return": best["return"], "generation": best["generation"],
                          "meta_params": serialization.to_state_dict(best["meta_params"])}})
-    save_atomic(os.path.join(config.out_dir, "optimizer.msgpack"), {
+    ppo.write_atomic(os.path.join(config.out_dir, "optimizer.msgpack"), serialization.msgpack_serialize({
         "config": json.dumps(asdict(config)), "inputs": json.dumps(INPUTS),
         "meta_params": serialization.to_state_dict(best["meta_params"]), "generation": best["generation"],
-        "held_out_return": best["return"]})
+        "held_out_return": best["return"]}))
     if jax.process_index() == 0:
         plot_fitness(history, os.path.join(config.out_dir, "fitness.png"))
     return jax.tree.map(np.asarray, best["meta_params"]), history  # host values: not tied to other processes
@@ -705,74 +647,26 @@ def plot_fitness(history, path):
     plt.close(fig)
 
 
-def interval_estimates(scores, reps, seed=0):
-    """{name: array (2 metrics, 3)}: IQM and mean (rows) of a (runs, tasks) score matrix per name, as point, lower
-    and upper bound (columns) of the 95% stratified bootstrap confidence interval (rliable, percentile method)."""
-    from rliable import library as rly
-    from rliable import metrics as rly_metrics
-    aggregate = lambda x: np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])  # noqa: E731
-    with warnings.catch_warnings():  # arch deprecates RandomState, which rliable passes on: keep it, reproducibly
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = rly.get_interval_estimates(scores, aggregate, reps=reps,
-                                                       random_state=np.random.RandomState(seed))
-    return {name: np.stack([points[name], intervals[name][0], intervals[name][1]], 1) for name in scores}
+def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
+    """The learned optimizer and Adam (ppo_config's) on `eval_seeds` held-out seeds of ppo_config's env (ppo.compare:
+    one program; <out_path>.md, .json, .png); a gridworld distribution gives each seed its own level."""
+    if ppo_config.env_name in gridworld.DISTRIBUTIONS:
+        ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
+    adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
+    runs = {LABELS.get(config.optimizer, config.optimizer): (optimizer_fn, meta_params),
+            "Adam": (adam, ppo.hyperparameters(ppo_config))}
+    return ppo.compare({name: (ppo.on_levels(ppo.make_train(ppo_config, fn), ppo_config.env_name), params)
+                        for name, (fn, params) in runs.items()}, ppo.held_out_keys(config.eval_seeds),
+                       ppo_config.num_envs * ppo_config.num_steps, out_path,
+                       f"{' vs '.join(runs)} on {ppo_config.env_name}: PPO, {ppo_config.total_timesteps:,} steps "
+                       f"(time limit: {ppo_config.time_limit})")
 
 
-def report(config, meta_params, out_dir):
-    """Train fresh PPO agents with the learned optimizer and with Adam on `eval_seeds` held-out seeds; IQM and mean
-    of the final return (evaluation) and of the authors' training return, with 95% stratified bootstrap CIs (rliable;
-    Agarwal et al., 2021); a return-curve PNG and summary.md."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = held_out_keys(config)
-    adam = ppo.hand_designed("adam", ppo.optimizer_steps(config.ppo) if config.ppo.anneal_lr else None)
-    runs = {}
-    for name, optimizer_fn, optimizer_params in ((LABELS[config.optimizer], learned_optimizer_fn(config), meta_params),
-                                                 ("Adam", adam, ppo.hyperparameters(config.ppo))):
-        train = jax.jit(jax.vmap(ppo.make_train(config.ppo, optimizer_fn), in_axes=(0, None)))
-        out = jax.device_get(train(keys, optimizer_params))
-        runs[name] = {"final": np.asarray(out["final_return"]), "training": np.asarray(out["training_return"]),
-                      "curve": np.asarray(out["metrics"]["episode_return"])}
-    estimates = {metric: interval_estimates({name: run[metric][:, None] for name, run in runs.items()}, reps=2000)
-                 for metric in ("final", "training")}
-    lines = [f"# {LABELS[config.optimizer]} vs Adam on {config.ppo.env_name}", "",
-             f"PPO {config.ppo.total_timesteps:,} steps (time limit: {config.ppo.time_limit}), {config.eval_seeds} "
-             f"held-out seeds; 95% stratified bootstrap CIs (rliable). Final return: this repo's evaluation of the "
-             f"final policy ({config.ppo.eval_episodes} episodes); training return: the OPEN authors' metric, the mean "
-             f"of the last completed training episode of each env.", "",
-             "| optimizer | IQM final return | mean final return | IQM training return | mean training return |",
-             "|---|---|---|---|---|"]
-    cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
-    for name in runs:
-        lines.append(f"| {name} | " + " | ".join(cell(e) for metric in ("final", "training")
-                                                 for e in estimates[metric][name]) + " |")
-    summary = "\n".join(lines) + "\n"
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(summary)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in runs.items():
-        steps = (np.arange(run["curve"].shape[1]) + 1) * config.ppo.num_envs * config.ppo.num_steps
-        mean, std = np.nanmean(run["curve"], 0), np.nanstd(run["curve"], 0)
-        ax.plot(steps, mean, label=name)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.set(xlabel="environment steps", ylabel="episode return", title=f"PPO on {config.ppo.env_name}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "returns.png"), dpi=100)
-    plt.close(fig)
-    print("\n" + summary)
-    return runs
-
-
-def generalisation(config, meta_params, out_dir):
+def generalisation(config, optimizer_fn, meta_params, out_dir):
     """Learned optimizer / Adam on gridworlds (Figures 4 and 16): in distribution ('all') and out of support, for
     agent widths `eval_widths` and training lengths `eval_lengths` x total_timesteps. Each seed trains on its own
     level, the same for both optimizers; IQM over seeds of the return divided by Adam's mean return."""
-    from rliable import metrics as rly_metrics
-    keys, optimizer_fn = held_out_keys(config), learned_optimizer_fn(config)
+    from rliable.metrics import aggregate_iqm
     settings = [(f"width {w}", replace(config.ppo, width=w)) for w in config.eval_widths] + \
         [(f"length x{x}", replace(config.ppo, total_timesteps=int(x * config.ppo.total_timesteps)))
          for x in config.eval_lengths]
@@ -781,39 +675,33 @@ def generalisation(config, meta_params, out_dir):
     for level in GRID_EVAL_LEVELS:
         for setting, ppo_config in settings:
             ppo_config = replace(ppo_config, env_name=level, eval_max_steps=max_horizon(level))
-            adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
-            learned, baseline = (np.asarray(jax.jit(final_returns(ppo_config, fn, True))(params, keys))
-                                 for fn, params in ((optimizer_fn, meta_params),
-                                                    (adam, ppo.hyperparameters(ppo_config))))
-            ratio = rly_metrics.aggregate_iqm(learned[:, None] / baseline.mean())
-            lines.append(f"| {level} | {setting} | {ratio:.3f} | {baseline.mean():.3f} |")
+            learned, adam = (r["final"] for r in versus_adam(config, optimizer_fn, meta_params, ppo_config, os.path.join(
+                out_dir, "generalisation", f"{level}_{setting.replace(' ', '_')}")).values())
+            lines.append(f"| {level} | {setting} | {aggregate_iqm(learned[:, None] / adam.mean()):.3f} | "
+                         f"{adam.mean():.3f} |")
             print(lines[-1], flush=True)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "generalisation.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    ppo.write_atomic(os.path.join(out_dir, "generalisation.md"), "\n".join(lines) + "\n")
 
 
 def main(config):
     validate(config)
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
-        evaluation = generalisation if config.generalisation else report
         out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one the file was trained with
         config = replace(trained_config, ppo=config.ppo, eval_seeds=config.eval_seeds,
-                         eval_widths=config.eval_widths, eval_lengths=config.eval_lengths)
-        evaluation(config, meta_params, out_dir)
-        return
-    if config.optimizer == "optim4rl" and not config.optim4rl_learning_rate:
-        adam_lr = tuned_adam(config, [config.ppo.env_name])[0]["learning_rate"]
-        config = replace(config, optim4rl_learning_rate=0.1 * adam_lr)
-        print(f"Optim4RL's learning rate: 0.1 x tuned Adam's {adam_lr:.4g} ({config.tuned_path})")
-    start = time.time()
-    meta_params, _ = meta_train(config)
-    print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "
-          f"{os.path.join(config.out_dir, 'optimizer.msgpack')}")
+                         eval_widths=config.eval_widths, eval_lengths=config.eval_lengths,
+                         generalisation=config.generalisation)
+    else:
+        start = time.time()
+        meta_params, _ = meta_train(config)
+        print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "
+              f"{os.path.join(config.out_dir, 'optimizer.msgpack')}")
+        out_dir = config.out_dir
+    if config.generalisation:
+        return generalisation(config, open_optimizer(config), meta_params, out_dir)
     for task in (config.tasks or (config.ppo.env_name,)) if jax.process_index() == 0 else ():
-        report(replace(config, ppo=replace(config.ppo, env_name=task)), meta_params,
-               os.path.join(config.out_dir, task) if config.tasks else config.out_dir)
+        versus_adam(config, open_optimizer(config), meta_params, replace(config.ppo, env_name=task),
+                    os.path.join(out_dir, task if config.tasks else "", "summary"))
 
 
 if __name__ == "__main__":

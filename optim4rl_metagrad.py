@@ -491,6 +491,11 @@ def checkpoint_path(path):
     return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
 
 
+def is_checkpoint(path):
+    """Whether `path` is a checkpoint of this script or a run dir holding one."""
+    return os.path.isfile(checkpoint_path(path)) and checkpoint_path(path).endswith(".npz")
+
+
 def read_config(path):
     with np.load(checkpoint_path(path)) as data:
         saved = json.loads(str(data["config"]))

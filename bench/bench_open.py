@@ -52,7 +52,7 @@ def main():
         meta = open_es.init_meta_params(config, jax.random.PRNGKey(0))
         es = open_es.make_es(config, meta)
         state = es.init(jax.random.PRNGKey(0), meta, es.default_params)
-        generation = open_es.make_generation(es, open_es.make_member_returns(config))
+        generation = open_es.make_generation(es, open_es.make_member_returns(config, open_es.open_optimizer(config)))
         seconds = timed(generation, state, jax.random.PRNGKey(1), repeats=2)
         env_steps = population * config.num_rollouts * config.ppo.total_timesteps  # training steps; eval not counted
         print(f"ES generation, population {population:3d}: {seconds:6.1f} s, {env_steps / seconds:10,.0f} "

@@ -172,8 +172,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     interrupted = replace(TINY, out_dir=str(tmp_path / "resumed"), generations=2)
     open_es.meta_train(interrupted)  # stops after the checkpoint at generation 2, as a killed run would
     _, resumed_history = open_es.meta_train(replace(interrupted, generations=4))
-    a = open_es.load(os.path.join(full.out_dir, "checkpoint.msgpack"))
-    b = open_es.load(os.path.join(interrupted.out_dir, "checkpoint.msgpack"))
+    a = ppo.load_checkpoint(os.path.join(full.out_dir, "checkpoint.msgpack"))
+    b = ppo.load_checkpoint(os.path.join(interrupted.out_dir, "checkpoint.msgpack"))
     np.testing.assert_array_equal(a["es_state"]["mean"], b["es_state"]["mean"])
     assert history["mean_return"] == resumed_history["mean_return"]
     for out_dir in (full.out_dir, interrupted.out_dir):  # metrics.jsonl: the printed lines, across the resume too
@@ -191,9 +191,32 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_a_checkpoint_of_another_size_is_refused(tmp_path):
     path = tmp_path / "checkpoint.msgpack"
-    open_es.save_atomic(str(path), {"config": json.dumps({"gru_size": 16, "hidden_size": 16, "population_size": 4})})
-    with pytest.raises(ValueError, match="gru_size = 16"):
+    ppo.save_checkpoint(str(path), {"config": json.dumps({"gru_size": 16, "hidden_size": 16, "population_size": 4})})
+    with pytest.raises(ValueError, match="checkpoint.msgpack is of another optimizer or population: gru_size = 16 "
+                                         "there, 8 here"):
         open_es.meta_train(replace(TINY, out_dir=str(tmp_path)))
+
+
+def test_a_truncated_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, capsys):
+    """Cut the latest checkpoint in half (a full disk, an interrupted copy): the run names the file and resumes from
+    the previous checkpoint; with no previous one it stops with the file's name."""
+    config = replace(TINY, out_dir=str(tmp_path / "run"), generations=4)
+    _, history = open_es.meta_train(config)  # checkpoints at generations 2 and 4: the one of 2 is kept as .prev
+    path = os.path.join(config.out_dir, "checkpoint.msgpack")
+    assert ppo.load_checkpoint(path + ".prev")["generation"] == 2
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    _, resumed = open_es.meta_train(config)
+    assert f"checkpoint {path} is damaged" in capsys.readouterr().out
+    assert resumed["mean_return"] == history["mean_return"]  # generations 3 and 4 again, as before
+    assert ppo.load_checkpoint(path)["generation"] == 4
+    with open(path, "wb") as f:
+        f.write(data[:100])
+    os.remove(path + ".prev")
+    with pytest.raises(ValueError, match=f"checkpoint {path} is damaged and has no readable previous checkpoint"):
+        open_es.meta_train(config)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -201,9 +224,9 @@ def test_a_checkpoint_of_another_size_is_refused(tmp_path):
     (dict(ppo=replace(open_es.CATCH, env_name="Pong")), "unknown env_name 'Pong'"),
     (dict(eval="missing/optimizer.msgpack"), "missing/optimizer.msgpack"),
     (dict(gru_size=0), "gru_size must be positive"),
-    (dict(optimizer="velo"), "unknown optimizer 'velo'; valid: open, no_features, optim4rl"),
+    (dict(optimizer="velo"), "unknown optimizer 'velo'; valid: open, no_features"),
     (dict(ablate=("momentum",)), "unknown ablation 'momentum'"),
-    (dict(optimizer="optim4rl", separated=True), "not 'optim4rl'"),
+    (dict(optimizer="no_features", separated=True), "not 'no_features'"),
     (dict(task_sampling=True), "task_sampling needs a gridworld distribution, got 'Catch-bsuite'"),
     (dict(tasks=("Catch-bsuite",), adam_returns=(-1.0,)), "must be positive"),
     (dict(es_init="normal"), "unknown es_init 'normal'; valid: random, zeros"),
@@ -224,13 +247,13 @@ def test_saved_state_round_trips(tmp_path):
     meta = open_es.init_meta_params(CONFIG, jax.random.PRNGKey(3))
     path = str(tmp_path / "o.msgpack")
     payload = {"config": json.dumps(asdict(CONFIG)), "meta_params": serialization.to_state_dict(meta)}
-    open_es.save_atomic(path, dict(payload, inputs=json.dumps(open_es.INPUTS)))
+    ppo.write_atomic(path, serialization.msgpack_serialize(dict(payload, inputs=json.dumps(open_es.INPUTS))))
     config, loaded = open_es.load_optimizer(path)
     assert config == CONFIG
     for a, b in zip(jax.tree.leaves(meta), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)
     # A file from before the authors' input order (no "inputs"): its GRU input rows are put in today's order.
-    open_es.save_atomic(path, payload)
+    ppo.write_atomic(path, serialization.msgpack_serialize(payload))
     _, legacy = open_es.load_optimizer(path)
     rows = [open_es.LEGACY_INPUTS.index(name) for name in open_es.INPUTS]
     for gate in ("ir", "iz", "in"):
@@ -361,6 +384,8 @@ def test_paper_presets_start_es_at_zero_with_the_authors_adam():
     for name in ("breakout", "multitask", "gridworld", "ant"):
         config = replace(CONFIG, **open_es.PRESETS[name])
         assert (config.es_init, config.es_b1) == ("zeros", 0.99)
-        assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(open_es.initial_mean(config)))
+        mean = open_es.initial_mean(config, open_es.init_meta_params(config, jax.random.PRNGKey(0)))
+        assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(mean))
     assert replace(CONFIG, **open_es.PRESETS["breakout"]).ppo.time_limit == "terminal"
-    assert float(jnp.abs(jax.flatten_util.ravel_pytree(open_es.initial_mean(CONFIG))[0]).max()) > 0  # CPU default
+    mean = open_es.initial_mean(CONFIG, open_es.init_meta_params(CONFIG, jax.random.PRNGKey(0)))
+    assert float(jnp.abs(jax.flatten_util.ravel_pytree(mean)[0]).max()) > 0  # the CPU default
