@@ -220,23 +220,20 @@ def adam_references(config):
 MOMENTUM_BETAS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)  # App. B.2
 # The 19 input channels in the order of the authors' rl_optimizer/network.py (and of their released weights): the
 # parameter, six momenta as sign then six as log|.|, the gradient as sign and log|.| (these 15 normalised per tensor),
-# then the context. LEGACY_INPUTS: the order of optimizers saved by this repo before it followed the authors'.
+# then the context.
 INPUTS = ("parameter", *(f"momentum_sign_{b}" for b in MOMENTUM_BETAS), *(f"momentum_log_{b}" for b in MOMENTUM_BETAS),
           "gradient_sign", "gradient_log", "training_proportion", "layer_proportion", "batch_proportion", "dormancy")
-LEGACY_INPUTS = ("gradient_sign", "gradient_log",
-                 *(f"momentum_{part}_{b}" for b in MOMENTUM_BETAS for part in ("sign", "log")),
-                 "parameter", "training_proportion", "batch_proportion", "dormancy", "layer_proportion")
 NUM_INPUTS = len(INPUTS)
 LOG_EPS = 1e-13  # eps of log(|x| + eps) for the gradient and momenta (authors' network.py)
 AUTHORS_SIZES = {1211: (8, 16), 3571: (16, 32)}  # floats of a released OPEN optimizer: (GRU size, hidden size)
 
 
-def input_columns(config, order=INPUTS):
-    """Indices in `order` of the inputs the optimizer sees: 'No Features' keeps gradient and momenta (App. B.4), an
+def input_columns(config):
+    """Indices in INPUTS of the inputs the optimizer sees: 'No Features' keeps gradient and momenta (App. B.4), an
     ablation drops its input (Sec. 7.1)."""
     if config.optimizer == "no_features":
-        return [i for i, name in enumerate(order) if name.startswith(("gradient", "momentum"))]
-    return [i for i, name in enumerate(order) if name not in config.ablate]
+        return [i for i, name in enumerate(INPUTS) if name.startswith(("gradient", "momentum"))]
+    return [i for i, name in enumerate(INPUTS) if name not in config.ablate]
 
 
 def num_outputs(config):
@@ -509,23 +506,9 @@ def load_authors_optimizer(path):
                                **{name: theirs["params"]["params"][k] for k, name in AUTHORS_LAYERS.items()}}}
 
 
-def reorder_inputs(meta_params, config, order):
-    """Meta-parameters whose GRU input-kernel rows follow the input names `order` -> rows in INPUTS order."""
-    stored = [order[i] for i in input_columns(config, order)]
-    rows = np.array([stored.index(INPUTS[i]) for i in input_columns(config)])
-
-    def reorder(network):
-        gru = {gate: dict(p, kernel=p["kernel"][rows]) if gate.startswith("i") else p  # ir, iz, in: input kernels
-               for gate, p in network["params"]["GRUCell_0"].items()}
-        return {"params": {**network["params"], "GRUCell_0": gru}}
-    return {name: reorder(m) for name, m in meta_params.items()} if config.separated else reorder(meta_params)
-
-
 def load_optimizer(path):
     """(config, meta_params) of an OPEN optimizer: a file saved by `meta_train` or a released .npy of the authors.
-    Files saved before this repo followed the authors' input order (no "inputs" entry) get their GRU input rows
-    reordered; they were meta-trained with this repo's earlier definitions (log eps 1e-8, a zero-mean per network,
-    proportions u / N_updates, l / L and 1/3, 2/3, 1), so they may do less well under the authors' definitions."""
+    A file must hold its input order ("inputs"), the authors' (INPUTS); any other is refused."""
     if path.endswith(".npy"):
         return load_authors_optimizer(path)
     payload = ppo.load_checkpoint(path)
@@ -533,8 +516,9 @@ def load_optimizer(path):
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"{path} holds {LABELS.get(config.optimizer, config.optimizer)} trained by ES, not an OPEN "
                          f"optimizer: baselines.py evaluates it (--learned {path})")
-    meta_params = serialization.from_state_dict(init_meta_params(config, jax.random.PRNGKey(0)), payload["meta_params"])
-    return config, reorder_inputs(meta_params, config, json.loads(payload.get("inputs", json.dumps(LEGACY_INPUTS))))
+    if json.loads(payload.get("inputs", "[]")) != list(INPUTS):
+        raise ValueError(f"{path} was written before this repo followed the authors' input order; meta-train anew")
+    return config, serialization.from_state_dict(init_meta_params(config, jax.random.PRNGKey(0)), payload["meta_params"])
 
 
 def learned_optimizer(path):
