@@ -158,7 +158,7 @@ def test_deep_sea_of_any_size():
             ppo.validate(replace(ppo.PPOConfig(), env_name=bad))
 
 
-@pytest.mark.parametrize("time_limit", ppo.TIME_LIMITS)
+@pytest.mark.parametrize("time_limit", ppo.CHOICES["time_limit"])
 def test_a_time_limit_is_bootstrapped_or_terminal(time_limit):
     """CartPole cut at 4 steps: the return target at the cut is r + gamma V(final observation) with "bootstrap" and
     r = 1 with "terminal" (the OPEN authors' PPO); a step that does not end an episode is unaffected by the choice."""
