@@ -108,14 +108,15 @@ MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minib
                ent_coef=0.01, width=64, activation="relu", b1=0.9, anneal_lr=True, time_limit="terminal")
 # Optim4RL's Brax PPO is Brax's own (agents/PPO.py, brax 0.9.4): tanh-squashed policy (32,)*4 and value net (256,)*5
 # (make_ppo_networks' defaults), swish, lecun_uniform; spring backend; observations normalised; unclipped value loss;
-# Adam 3e-4 after an element-wise clip of 1 (configs/ppo_*.json "grad_clip"; lopt_rl_grid_*.json the same PPO).
+# Adam 3e-4 after an element-wise clip of 1 (configs/ppo_*.json "grad_clip"; lopt_rl_grid_*.json the same PPO);
+# evaluated over 128 episodes (its acting.Evaluator).
 # Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below. Unlike
 # Brax: the normalisation (see NormalizedEnvs), advantages computed once per rollout rather than per minibatch with the
 # current values, minibatches of steps rather than of unrolls, and a time limit bootstrapped rather than left out.
 BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
                 critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True, gamma=0.97,
                 gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, grad_clip_mode="elementwise",
-                max_grad_norm=1.0, learning_rate=3e-4, anneal_lr=False, total_timesteps=100_000_000)
+                max_grad_norm=1.0, learning_rate=3e-4, anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
 PRESETS = {
     "default": {},
     "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),

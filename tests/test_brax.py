@@ -49,8 +49,8 @@ def test_optim4rl_presets_are_braxs_ppo_as_the_authors_ran_it():
                 c.reward_scale) == (envs, unroll, batch * minibatches // envs * unroll, minibatches, epochs, entropy,
                                     scale), name
         assert (c.brax_backend, c.policy_head, c.normalize_obs, c.normalize_reward, c.gamma, c.gae_lambda,
-                c.clip_eps, c.clip_value_loss, c.vf_coef, c.total_timesteps) == (
-            "spring", "tanh_gaussian", True, False, 0.97, 0.95, 0.3, False, 0.5, 100_000_000), name
+                c.clip_eps, c.clip_value_loss, c.vf_coef, c.total_timesteps, c.eval_episodes) == (
+            "spring", "tanh_gaussian", True, False, 0.97, 0.95, 0.3, False, 0.5, 100_000_000, 128), name
         assert (c.width, c.depth, c.critic_width, c.critic_depth, c.activation, c.kernel_init) == (
             32, 4, 64 if name.endswith("_meta") else 256, 5, "swish", "lecun_uniform"), name
         assert (c.grad_clip_mode, c.max_grad_norm, c.learning_rate, c.anneal_lr) == (
