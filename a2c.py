@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ppo import (BRAX_ENVS, ENV_NAMES, check_wandb, dormancy_scores, evaluate, gae, hand_designed,
-                 last_episode_return, log_progress, make_env, network_context, parse_config, train_and_report)
+import gridworld
+from ppo import (check_wandb, dormancy_scores, evaluate, gae, hand_designed, last_episode_return, log_progress,
+                 network_context, parse_config, train_and_report)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ PRESETS = {
 
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
-    discrete = tuple(n for n in ENV_NAMES if n not in BRAX_ENVS)
+    discrete = tuple(n for n in gridworld.ENV_NAMES if n not in gridworld.BRAX_ENVS)
     if config.env_name not in discrete:
         raise ValueError(f"unknown env_name {config.env_name!r} for A2C (discrete actions); valid: "
                          f"{', '.join(discrete)}")
@@ -130,7 +131,7 @@ class Agent(NamedTuple):
 
 def make_agent(config, env_params=None):
     validate(config)
-    env, default_env_params = make_env(config.env_name)
+    env, default_env_params = gridworld.make_env(config.env_name)
     env_params = default_env_params if env_params is None else env_params
     network = ActorCritic(env.action_space(env_params).n, config.torso, config.width)
     vmapped_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))

@@ -96,10 +96,11 @@ GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_st
 # meta_rl_grid.json: the agent lr of each of the six gridworlds.
 SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3,
                      "big_dense_short": 3e-3, "big_sparse_long": 1e-3, "big_dense_long": 3e-3}
-# PPO on Brax (App. C.3, ppo.py's *_optim4rl presets: 8 minibatches, value net [64] * 5): 2048 envs in all, as 16
-# vmapped units of 128 envs; m from {32, ..., 512}; evaluated over 5e7-step runs.
+# PPO on Brax (App. C.3, meta_rl_{ant,humanoid}.json: ppo.py's *_optim4rl_meta presets, 8 minibatches, value net
+# [64] * 5): 2048 envs in all, as 16 vmapped units of 128 envs; m from {32, ..., 512}; evaluated with the *_optim4rl
+# presets over 1e8-step runs (lopt_rl_grid_{ant,humanoid}.json "train_steps").
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
-            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=50_000_000)
+            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=100_000_000)
 PRESETS = {
     "default": {},
     "catch": {},  # meta_rl_catch.json: 64 units of one env, agent lr 1e-3, m = 32 (or 64), global-norm clip 0.5
@@ -127,11 +128,11 @@ LOG_EPS = 1e-18  # inside log|g| (the authors' code)
 L2L_P = 10.0  # p of L2LGD^2's gradient preprocessing (Andrychowicz et al. 2016, App. A)
 
 
-def agent_config(env_name, algorithm="a2c", **overrides):
-    """The a2c.py or ppo.py config of `env_name`: its preset (Optim4RL App. C, C.3) if it has one, the defaults
-    otherwise."""
+def agent_config(env_name, algorithm="a2c", suffix="_optim4rl", **overrides):
+    """The a2c.py or ppo.py config of `env_name`: its preset (Optim4RL App. C, C.3; `suffix` "_optim4rl_meta" for
+    meta-training where there is one) if it has one, the defaults otherwise."""
     module, config_class = (ppo, ppo.PPOConfig) if algorithm == "ppo" else (a2c, a2c.A2CConfig)
-    preset = module.PRESETS.get(f"{env_name}_optim4rl") or next(
+    preset = module.PRESETS.get(f"{env_name}{suffix}") or module.PRESETS.get(f"{env_name}_optim4rl") or next(
         (p for p in module.PRESETS.values() if p.get("env_name") == env_name), {})
     return replace(config_class(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
 
@@ -144,7 +145,7 @@ def task_lr(config, env_name):
 
 def unit_agent_config(config, env_name=None):
     env_name = env_name or config.env_name
-    return agent_config(env_name, config.algorithm, num_envs=config.envs_per_unit,
+    return agent_config(env_name, config.algorithm, "_optim4rl_meta", num_envs=config.envs_per_unit,
                         learning_rate=task_lr(config, env_name))
 
 
@@ -171,7 +172,7 @@ def make_unit_agents(config):
 
 def eval_algorithm(config):
     """PPO on Brax envs (Sec. 6.2) and for optimizers meta-trained with PPO; A2C otherwise."""
-    return "ppo" if (config.eval_env or config.env_name) in ppo.BRAX_ENVS else config.algorithm
+    return "ppo" if (config.eval_env or config.env_name) in gridworld.BRAX_ENVS else config.algorithm
 
 
 def eval_agent_config(config):

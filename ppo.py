@@ -3,18 +3,20 @@
     python ppo.py                          # CartPole-v1, Adam, 4 seeds, about a minute on a laptop CPU
     python ppo.py --preset breakout        # OPEN Table 3 (MinAtar) with Table 4's tuned Adam: for GPUs
     python ppo.py --env-name Catch-bsuite --optimizer rmsprop --learning-rate 1e-3
+    python ppo.py --preset ant             # OPEN's Brax PPO on Ant; ant_optim4rl: Optim4RL's, Brax's own PPO
 
 `make_train(config, optimizer_fn)` returns `train(rng, optimizer_params)`: one whole training run as one XLA program,
 vmappable over seeds and over `optimizer_params` (hand-designed hyperparameters or a learned optimizer's
 meta-parameters). `optimizer_fn(optimizer_params)` builds an `optax.GradientTransformationExtraArgs`, called once per
-minibatch on the whole agent, {"actor": ..., "critic": ...} (each network's gradient clipped to global norm 0.5 first),
+minibatch on the whole agent, {"actor": ..., "critic": ...} (each network's gradient clipped first, see grad_clip_mode),
 with the context a learned optimizer conditions on as keyword arguments (OPEN, Goldie et al. 2024, App. B.2; each
 defined as in the authors' rl_optimizer/train.py):
 
     training_proportion  scalar: u / (N_updates - 1) in update u = 0 ... N_updates - 1, constant within it
     batch_proportion     scalar: l / (L - 1) in epoch l = 0 ... L - 1 over one batch
     dormancy             tree like params: (E|h_i| + 1e-11) / mean_k (E|h_k| + 1e-11) of the neuron downstream
-    layer_proportion     tree like params: i / (n_layers - 1) for the i-th Dense layer of its network (0, 0.5, 1)
+    layer_proportion     tree like params: i / (n_layers - 1) for the i-th layer of its network (0, 0.5, 1; OPEN's
+                         Gaussian actor: 0, 1/3, 2/3, and 1 for log_std)
     actor_mask           tree like params: 1 for actor parameters, 0 for critic parameters
     key                  PRNG key, for learned stochastic updates
 
@@ -44,7 +46,6 @@ from typing import Callable, NamedTuple, Optional
 
 import distrax
 import flax.linen as nn
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,15 +54,13 @@ import scipy.stats
 import tyro
 from flax import serialization
 from gymnax.environments import spaces
-from gymnax.environments.environment import EnvParams
-from gymnax.wrappers import LogWrapper
 
 import gridworld
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    env_name: str = "CartPole-v1"  # a gymnax id, a gridworld.LEVELS name, or a Brax env (BRAX_ENVS)
+    env_name: str = "CartPole-v1"  # a gymnax id, a gridworld.LEVELS name, or a Brax env (gridworld.BRAX_ENVS)
     num_envs: int = 4  # N_envs: parallel environments
     num_steps: int = 128  # N_steps: rollout length per env per update
     total_timesteps: int = 500_000  # T: environment steps of the whole run
@@ -72,11 +71,19 @@ class PPOConfig:
     clip_eps: float = 0.2  # PPO clip, for the surrogate and the value loss
     vf_coef: float = 0.5  # c1: value-loss weight
     ent_coef: float = 0.01  # c2: entropy bonus weight
-    max_grad_norm: float = 0.5  # global-norm gradient clip, per network
+    max_grad_norm: float = 0.5  # gradient clip: global norm per network, or each element's magnitude (grad_clip_mode)
     width: int = 64  # W: hidden units per layer
     depth: int = 2  # H: hidden layers of the actor
+    critic_width: Optional[int] = None  # hidden units of the critic (None: width)
     critic_depth: Optional[int] = None  # hidden layers of the critic (None: same as the actor)
-    activation: str = "tanh"  # "tanh" or "relu"
+    activation: str = "tanh"  # "tanh", "relu", or Brax's "swish" (valid choices of this and others: CHOICES)
+    kernel_init: str = "orthogonal"  # PureJaxRL's "orthogonal" or Brax's "lecun_uniform" (networks.py)
+    policy_head: str = "gaussian"  # continuous actions: OPEN's "gaussian" or Brax's "tanh_gaussian" (TanhGaussian)
+    normalize_obs: bool = False  # observations by running statistics (gridworld.NormalizedEnvs; both papers' Brax)
+    normalize_reward: bool = False  # rewards / running std of the discounted return (NormalizedEnvs; OPEN's Brax)
+    grad_clip_mode: str = "global_norm"  # "global_norm" per network (OPEN) or "elementwise" (Optim4RL)
+    clip_value_loss: bool = True  # PureJaxRL's and OPEN's clipped value loss; Brax's PPO does not clip it
+    unroll_length: int = 0  # 0: GAE over the whole rollout; n: Brax's PPO's advantages over n-step unrolls (gae)
     reward_scale: float = 1.0  # rewards are multiplied by this for learning (returns are reported unscaled)
     optimizer: str = "adam"  # a hand-designed optimizer (OPTIMIZERS), used when running this file
     learning_rate: float = 2.5e-4  # its learning rate
@@ -86,8 +93,8 @@ class PPOConfig:
     anneal_lr: bool = True  # anneal the learning rate linearly to 0 over training
     eval_episodes: int = 16  # episodes of the final-policy evaluation ("final return")
     eval_max_steps: Optional[int] = None  # step cap of that evaluation (None: the env's time limit)
-    time_limit: str = "bootstrap"  # TIME_LIMITS: bootstrap through a truncation, or treat it as terminal (OPEN)
-    brax_backend: str = "spring"  # Brax physics backend (spring is fastest on CPU)
+    time_limit: str = "bootstrap"  # CHOICES: bootstrap through a truncation, or treat it as terminal (OPEN)
+    brax_backend: str = "spring"  # Brax physics backend: OPEN's positional, Optim4RL's spring (agents/PPO.py)
     episode_length: int = 1000  # Brax time limit (a truncation)
     num_seeds: int = 4  # seeds trained in parallel (vmapped)
     seed: int = 0  # first seed
@@ -96,54 +103,61 @@ class PPOConfig:
     wandb: bool = False  # also log those records to Weights & Biases (the `wandb` extra)
 
 
-# Paper settings. OPEN Table 3 (PPO) with the tuned Adam of Tables 4-6; Optim4RL App. C.3 (Brax training notebook,
-# 8 minibatches and a [64]*5 value network to save memory).
-# MinAtar runs PPO as the OPEN authors' train.py does: a time limit is terminal.
+# Paper settings. OPEN Table 3 (PPO) with the tuned Adam of Tables 4-6; MinAtar and ant from the OPEN authors'
+# rl_optimizer/configs.py. MinAtar runs PPO as their train.py does: a time limit is terminal.
 MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minibatches=8, update_epochs=4,
                ent_coef=0.01, width=64, activation="relu", b1=0.9, anneal_lr=True, time_limit="terminal")
+# Optim4RL's Brax PPO is Brax's own (agents/PPO.py, brax 0.9.4): tanh-squashed policy (32,)*4 and value net (256,)*5
+# (make_ppo_networks' defaults), swish, lecun_uniform; spring backend; observations normalised; unclipped value loss;
+# Adam 3e-4 after an element-wise clip of 1 (configs/ppo_*.json "grad_clip"; lopt_rl_grid_*.json the same PPO);
+# evaluated over 128 episodes (its acting.Evaluator).
+# Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below. Unlike
+# Brax: the normalisation (gridworld.NormalizedEnvs), advantages computed once per rollout rather than per minibatch with the
+# current values, minibatches of steps rather than of unrolls, and a time limit bootstrapped rather than left out.
+BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
+                critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True, gamma=0.97,
+                gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, grad_clip_mode="elementwise",
+                max_grad_norm=1.0, learning_rate=3e-4, anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
 PRESETS = {
     "default": {},
     "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),
     "breakout": dict(MINATAR, env_name="Breakout-MinAtar", learning_rate=0.01, b2=0.99),
     "freeway": dict(MINATAR, env_name="Freeway-MinAtar", learning_rate=0.001, b2=0.99),
     "spaceinvaders": dict(MINATAR, env_name="SpaceInvaders-MinAtar", learning_rate=0.007, b2=0.99),
-    "ant": dict(env_name="ant", num_envs=2048, num_steps=10, total_timesteps=50_000_000, num_minibatches=32,
-                update_epochs=4, ent_coef=0.0, width=64, activation="tanh", learning_rate=3e-4, b1=0.99, b2=0.99,
-                anneal_lr=True),
+    # configs.py "ant" with train.py's Brax path: positional backend, 1000-step episodes whose end is terminal,
+    # ClipAction, NormalizeObservation, NormalizeReward(gamma), a state-independent log std (utils.py, train.py)
+    "ant": dict(env_name="ant", brax_backend="positional", num_envs=2048, num_steps=10, total_timesteps=50_000_000,
+                update_epochs=4, num_minibatches=32, gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.0,
+                vf_coef=0.5, max_grad_norm=0.5, activation="tanh", width=64, policy_head="gaussian",
+                normalize_obs=True, normalize_reward=True, time_limit="terminal", learning_rate=3e-4, b1=0.99,
+                b2=0.99, anneal_lr=True),
     "gridworld": dict(env_name="all", num_envs=1024, num_steps=20, total_timesteps=30_000_000, num_minibatches=16,
                       update_epochs=2, ent_coef=0.01, width=16, activation="tanh", learning_rate=1e-4, b1=0.99,
                       b2=0.99, anneal_lr=True),
-    "ant_optim4rl": dict(env_name="ant", num_envs=2048, num_steps=5, total_timesteps=50_000_000, num_minibatches=8,
-                         update_epochs=4, gamma=0.97, ent_coef=0.01, width=64, depth=4, critic_depth=5,
-                         activation="tanh", reward_scale=10.0, learning_rate=3e-4, anneal_lr=False),
-    "humanoid_optim4rl": dict(env_name="humanoid", num_envs=2048, num_steps=10, total_timesteps=50_000_000,
-                              num_minibatches=8, update_epochs=8, gamma=0.97, ent_coef=0.001, width=64, depth=4,
-                              critic_depth=5, activation="tanh", reward_scale=0.1, learning_rate=3e-4,
-                              anneal_lr=False),
+    # Optim4RL's evaluation (lopt_rl_grid_{ant,humanoid}.json): batch 2048 (1024) x 32 minibatches over 4096 (2048)
+    # envs, "train_steps" 1e8, reward_scaling 10 (0.1); and meta-training (agents/MetaPPO.py, meta_rl_*.json):
+    # batch 1024 x 8 minibatches over 2048 envs, 5-step unrolls, 4 epochs, value net (64,)*5 (optim4rl_metagrad.py).
+    "ant_optim4rl": dict(BRAX_PPO, env_name="ant", num_envs=4096, num_steps=80, unroll_length=5, num_minibatches=32,
+                         update_epochs=4, ent_coef=1e-2, reward_scale=10.0),
+    "humanoid_optim4rl": dict(BRAX_PPO, env_name="humanoid", num_envs=2048, num_steps=160, unroll_length=10,
+                              num_minibatches=32, update_epochs=8, ent_coef=1e-3, reward_scale=0.1),
 }
+PRESETS.update({f"{name}_meta": dict(PRESETS[name], num_envs=2048, num_steps=20, unroll_length=5, num_minibatches=8,
+                                      update_epochs=4, critic_width=64)
+                 for name in ("ant_optim4rl", "humanoid_optim4rl")})
 OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
-TIME_LIMITS = ("bootstrap", "terminal")
-BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
-             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
-ENV_NAMES = tuple(gymnax.registered_envs) + tuple(gridworld.LEVELS) + BRAX_ENVS
-DEEP_SEA = "DeepSea-bsuite-"  # + a size N >= 2: bsuite's Deep Sea on an N x N grid (OPEN Sec. 7.2 trains on 4-26)
-
-
-def deep_sea_size(name):
-    """N of 'DeepSea-bsuite-N', else None."""
-    suffix = name[len(DEEP_SEA):] if name.startswith(DEEP_SEA) else ""
-    return int(suffix) if suffix.isdigit() and int(suffix) >= 2 else None
-
-
+CHOICES = dict(time_limit=("bootstrap", "terminal"), activation=("tanh", "relu", "swish"),
+               kernel_init=("orthogonal", "lecun_uniform"), policy_head=("gaussian", "tanh_gaussian"),
+               grad_clip_mode=("global_norm", "elementwise"))
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
-    if config.env_name not in ENV_NAMES and deep_sea_size(config.env_name) is None:
-        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(ENV_NAMES)}, {DEEP_SEA}N (N >= 2)")
-    if config.activation not in ("tanh", "relu"):
-        raise ValueError(f"unknown activation {config.activation!r}; valid: tanh, relu")
+    if config.env_name not in gridworld.ENV_NAMES and gridworld.deep_sea_size(config.env_name) is None:
+        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(gridworld.ENV_NAMES)}, "
+                         f"{gridworld.DEEP_SEA}N (N >= 2)")
+    for field, valid in CHOICES.items():
+        if getattr(config, field) not in valid:
+            raise ValueError(f"unknown {field} {getattr(config, field)!r}; valid: {', '.join(valid)}")
     check_wandb(config.wandb)
-    if config.time_limit not in TIME_LIMITS:
-        raise ValueError(f"unknown time_limit {config.time_limit!r}; valid: {', '.join(TIME_LIMITS)}")
     for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
                   "eval_episodes", "num_seeds", "episode_length"):
         if getattr(config, field) < 1:
@@ -154,89 +168,80 @@ def validate(config):
                          f"num_minibatches = {config.num_minibatches}")
     if config.total_timesteps < batch:
         raise ValueError(f"total_timesteps = {config.total_timesteps} is less than one batch ({batch} steps)")
-
-
-# ----------------------------------------------------------------------------------------------- environments
-class BraxEnv:
-    """A Brax env behind gymnax's API: the time limit is a truncation, episodes auto-reset, actions are clipped."""
-
-    def __init__(self, name, backend, episode_length):
-        from brax import envs  # imported here: brax is slow to import and only these envs need it
-        self.env, self.episode_length = envs.get_environment(name, backend=backend), episode_length
-
-    @property
-    def default_params(self):
-        return EnvParams(max_steps_in_episode=self.episode_length)
-
-    def observation_space(self, params):
-        return spaces.Box(-jnp.inf, jnp.inf, (self.env.observation_size,))
-
-    def action_space(self, params):
-        return spaces.Box(-1.0, 1.0, (self.env.action_size,))
-
-    def reset(self, key, params=None):
-        state = self.env.reset(key)
-        return state.obs, (state, jnp.int32(0))
-
-    def step(self, key, state, action, params=None):
-        brax_state, t = state
-        brax_state, t = self.env.step(brax_state, jnp.clip(action, -1.0, 1.0)), t + 1
-        terminated = brax_state.done.astype(bool)
-        truncated = t >= self.episode_length
-        reset_obs, reset_state = self.reset(key)
-        done = terminated | truncated
-        next_state = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state, (brax_state, t))
-        obs = jnp.where(done, reset_obs, brax_state.obs)
-        return obs, next_state, brax_state.reward, terminated, truncated, {"final_observation": brax_state.obs}
-
-
-def make_env(name, brax_backend="spring", episode_length=1000):
-    """(env, env_params) for any name in ENV_NAMES, wrapped to log episode returns."""
-    if name in gridworld.LEVELS:
-        env, env_params = gridworld.make(name)
-    elif name in BRAX_ENVS:
-        env = BraxEnv(name, brax_backend, episode_length)
-        env_params = env.default_params
-    elif deep_sea_size(name):
-        env, env_params = gymnax.make("DeepSea-bsuite", size=deep_sea_size(name))
-    else:
-        env, env_params = gymnax.make(name)
-    return LogWrapper(env), env_params
+    if config.unroll_length < 0 or config.unroll_length and config.num_steps % config.unroll_length:
+        raise ValueError(f"unroll_length = {config.unroll_length} must be 0 or divide num_steps = {config.num_steps}")
 
 
 # ----------------------------------------------------------------------------------------------- networks
 class MLP(nn.Module):
-    """Dense layers with orthogonal init (PureJaxRL). Returns the output and {layer name: activation}, the latter
-    for the dormancy of each layer's neurons (OPEN eq. 6)."""
+    """Dense layers, orthogonally initialised (PureJaxRL) or lecun_uniform (Brax's networks.py). Returns the output and
+    {layer name: activation}, the latter for the dormancy of each layer's neurons (OPEN eq. 6). With `log_std` (OPEN's
+    continuous actor, rl_optimizer/train.py), a state-independent log std parameter, initially 0, follows the output."""
     width: int
     depth: int
     out: int
     activation: str
     out_scale: float
+    kernel_init: str = "orthogonal"
+    log_std: bool = False
 
     @nn.compact
     def __call__(self, x):
-        act = nn.relu if self.activation == "relu" else nn.tanh
+        act = {"tanh": nn.tanh, "relu": nn.relu, "swish": nn.swish}[self.activation]
+        lecun = self.kernel_init == "lecun_uniform"
+        init = (lambda _: nn.initializers.lecun_uniform()) if lecun else nn.initializers.orthogonal
         x, activations = x.reshape((x.shape[0], -1)), {}
         for i in range(self.depth):
-            x = act(nn.Dense(self.width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)), name=f"hidden_{i}")(x))
+            x = act(nn.Dense(self.width, kernel_init=init(np.sqrt(2)), name=f"hidden_{i}")(x))
             activations[f"hidden_{i}"] = x
-        x = nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale), name="output")(x)
+        x = nn.Dense(self.out, kernel_init=init(self.out_scale), name="output")(x)
         activations["output"] = x
+        if self.log_std:
+            log_std = self.param("log_std", nn.initializers.zeros, (self.out,))
+            activations["log_std"] = jnp.exp(log_std).mean(keepdims=True)  # its dormancy input in the authors' Actor
+            x = jnp.concatenate([x, jnp.broadcast_to(log_std, x.shape)], -1)
         return x, activations
 
     @property
     def layer_proportions(self):
-        """i / (n_layers - 1) for the i-th Dense layer, the output layer last (OPEN App. B.2; authors' train.py)."""
-        return {**{f"hidden_{i}": proportion(i, self.depth + 1) for i in range(self.depth)}, "output": 1.0}
+        """i / (n_layers - 1) for the i-th layer: the Dense layers, the output layer, then log_std (OPEN App. B.2;
+        the authors' train.py counts each entry of the network's parameters as a layer)."""
+        n = self.depth + 1 + self.log_std
+        return {**{f"hidden_{i}": proportion(i, n) for i in range(self.depth)}, "output": proportion(self.depth, n),
+                **({"log_std": 1.0} if self.log_std else {})}
 
 
-def action_distribution(actor_out, continuous):
-    """Categorical over logits, or a diagonal Gaussian with softplus scale (as Brax's PPO) for continuous actions."""
-    if not continuous:
+class TanhGaussian(distrax.MultivariateNormalDiag):
+    """Brax's tanh-squashed Gaussian (brax/training/distribution.py NormalTanhDistribution, so Optim4RL's): samples
+    and log-probs are of the pre-tanh action u; the env gets tanh(u). log_prob(u) = log N(u; loc, scale) - sum_i
+    log(1 - tanh(u_i)^2), the density of tanh(u), with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) (distrax.Tanh;
+    finite where tanh saturates). entropy_estimate(noise) is Brax's one-sample estimate of the squashed entropy,
+    H[N(loc, scale)] + sum_i log(1 - tanh(u_i)^2) at u = loc + scale * noise, noise ~ N(0, I)."""
+
+    def log_prob(self, value):
+        return super().log_prob(value) - distrax.Tanh().forward_log_det_jacobian(value).sum(-1)
+
+    def entropy_estimate(self, noise):
+        return self.entropy() + distrax.Tanh().forward_log_det_jacobian(self.loc + self.scale_diag * noise).sum(-1)
+
+
+def action_distribution(actor_out, head):
+    """The policy at the actor's output. "categorical": logits. Continuous actions, actor_out = [loc, s]: "gaussian"
+    (OPEN's Actor, rl_optimizer/train.py): Gaussian of std exp(s), s the state-independent log_std; "tanh_gaussian"
+    (Brax's PPO, Optim4RL): TanhGaussian of std softplus(s) + 0.001, s from the network."""
+    if head == "categorical":
         return distrax.Categorical(logits=actor_out)
-    loc, raw_scale = jnp.split(actor_out, 2, axis=-1)
-    return distrax.MultivariateNormalDiag(loc, jax.nn.softplus(raw_scale) + 1e-3)
+    loc, s = jnp.split(actor_out, 2, axis=-1)
+    return distrax.MultivariateNormalDiag(loc, jnp.exp(s)) if head == "gaussian" else \
+        TanhGaussian(loc, jax.nn.softplus(s) + 1e-3)
+
+
+def env_action(sample, head, low=-1.0, high=1.0):
+    """The env's action: the sample clipped to the action space (OPEN's ClipAction, rl_optimizer/utils.py), tanh(u)
+    (Brax), or as it is (categorical)."""
+    if head == "gaussian":
+        return jnp.clip(sample, low, high)
+    return jnp.tanh(sample) if head == "tanh_gaussian" else sample
 
 
 # ----------------------------------------------------------------------------------------------- optimizers
@@ -301,19 +306,23 @@ def network_context(params, activations, layer_proportions, actor_layers):
 
 
 # ----------------------------------------------------------------------------------------------- training
-def gae(rewards, values, dones, last_value, gamma, lam):
-    """Generalised advantage estimation over time (axis 0). `dones` (terminated or truncated) cuts the trace; with
-    time_limit "bootstrap", truncated steps were already bootstrapped into their reward, r + gamma V(final obs)."""
+def gae(rewards, values, dones, last_value, gamma, lam, unroll_length=0):
+    """Generalised advantage estimation over time (axis 0) -> (advantages, value targets). `dones` (terminated or
+    truncated) cuts the trace; with time_limit "bootstrap", truncated steps were already bootstrapped into their
+    reward, r + gamma V(final obs). With `unroll_length` n, as Brax's PPO (losses.py compute_gae): the trace restarts
+    every n steps too, each unroll bootstrapping from the value after it, and the advantage is r_t + gamma v_{t+1} -
+    V(s_t), v_{t+1} the next target (the lambda-return), V(s_{t+1}) after an unroll."""
     def backward(carry, step):
         next_advantage, next_value = carry
-        reward, value, done = step
+        reward, value, done, cut = step
         delta = reward + gamma * next_value * (1 - done) - value
-        advantage = delta + gamma * lam * (1 - done) * next_advantage
-        return (advantage, value), advantage
+        trace = (1 - done) * (1 - cut) * next_advantage
+        return (delta + gamma * lam * trace, value), (delta + gamma * lam * trace, delta + gamma * trace)
 
-    _, advantages = jax.lax.scan(backward, (jnp.zeros_like(last_value), last_value), (rewards, values, dones),
-                                 reverse=True)
-    return advantages, advantages + values
+    cuts = (jnp.arange(1, rewards.shape[0] + 1) % max(unroll_length, 1) == 0) * jnp.float32(unroll_length > 0)
+    _, (advantages, brax_advantages) = jax.lax.scan(backward, (jnp.zeros_like(last_value), last_value),
+                                                    (rewards, values, dones, cuts), reverse=True)
+    return brax_advantages if unroll_length else advantages, advantages + values
 
 
 def last_episode_return(log_state):
@@ -348,28 +357,33 @@ class Agent(NamedTuple):
     rollout: Callable  # (params, env_state, obs, rng) -> (batch with GAE advantages and targets, env_state, obs)
     loss: Callable  # (params, batch, last_obs) -> (loss, activations)
     update: Callable  # (params, opt_state, env_state, obs, rng, optimizer, training_proportion) -> (..., metrics)
-    act: Callable  # (params, obs, rng) -> actions
-    env: object
+    act: Callable  # (params, obs, rng) -> the env's actions
+    env: object  # one env (the final-policy evaluation's)
     env_params: object
+    envs: gridworld.NormalizedEnvs  # the training envs; envs.observe(env_state, obs): obs normalised as in training
 
 
 def make_agent(config, env_params=None):
     """PPO's pieces for `make_train` and for meta-gradients through PPO updates (optim4rl_metagrad.py). The optimizer
     acts on the whole agent, {"actor": ..., "critic": ...}: its state is optimizer.init(params)."""
     validate(config)
-    env, default_env_params = make_env(config.env_name, config.brax_backend, config.episode_length)
+    env, default_env_params = gridworld.make_env(config.env_name, config.brax_backend, config.episode_length)
     env_params = default_env_params if env_params is None else env_params
-    continuous = isinstance(env.action_space(default_env_params), spaces.Box)
     action_space = env.action_space(default_env_params)
-    out = 2 * action_space.shape[0] if continuous else action_space.n
-    actor = MLP(config.width, config.depth, out, config.activation, out_scale=0.01)
-    critic_depth = config.depth if config.critic_depth is None else config.critic_depth
-    critic = MLP(config.width, critic_depth, 1, config.activation, out_scale=1.0)
+    continuous = isinstance(action_space, spaces.Box)
+    head = config.policy_head if continuous else "categorical"
+    bounds = (action_space.low, action_space.high) if continuous else ()
+    out = action_space.shape[0] * (1 + (head == "tanh_gaussian")) if continuous else action_space.n
+    actor = MLP(config.width, config.depth, out, config.activation, 0.01, config.kernel_init, head == "gaussian")
+    critic = MLP(config.critic_width or config.width, config.critic_depth or config.depth, 1, config.activation, 1.0,
+                 config.kernel_init)
     networks = {"actor": actor, "critic": critic}
     batch_size = config.num_envs * config.num_steps
     minibatch_size = batch_size // config.num_minibatches
-    clip_gradient = optax.clip_by_global_norm(config.max_grad_norm)
-    vmapped_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    clip_gradient = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(
+        config.max_grad_norm)
+    envs = gridworld.NormalizedEnvs(env, config.num_envs, config.normalize_obs,
+                                    config.gamma if config.normalize_reward else None)
 
     def value_of(params, obs):
         return critic.apply(params["critic"], obs)[0][:, 0]
@@ -378,34 +392,38 @@ def make_agent(config, env_params=None):
         actor_out, actor_activations = actor.apply(params["actor"], batch["obs"])
         value, critic_activations = critic.apply(params["critic"], batch["obs"])
         value = value[:, 0]
-        pi = action_distribution(actor_out, continuous)
+        pi = action_distribution(actor_out, head)
         ratio = jnp.exp(pi.log_prob(batch["action"]) - batch["log_prob"])
         advantage = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
         actor_loss = -jnp.minimum(ratio * advantage,
                                   jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * advantage).mean()
-        value_clipped = batch["value"] + jnp.clip(value - batch["value"], -config.clip_eps, config.clip_eps)
-        value_loss = 0.5 * jnp.maximum((value - batch["target"]) ** 2, (value_clipped - batch["target"]) ** 2).mean()
-        loss = actor_loss + config.vf_coef * value_loss - config.ent_coef * pi.entropy().mean()
+        value_loss = (value - batch["target"]) ** 2
+        if config.clip_value_loss:
+            value_clipped = batch["value"] + jnp.clip(value - batch["value"], -config.clip_eps, config.clip_eps)
+            value_loss = jnp.maximum(value_loss, (value_clipped - batch["target"]) ** 2)
+        entropy = pi.entropy_estimate(batch["noise"]) if head == "tanh_gaussian" else pi.entropy()
+        loss = actor_loss + config.vf_coef * 0.5 * value_loss.mean() - config.ent_coef * entropy.mean()
         return loss, {"actor": actor_activations, "critic": critic_activations}
 
     def init(rng):
         actor_key, critic_key, reset_key = jax.random.split(rng, 3)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, config.num_envs),
-                                                                env_params)
+        obs, env_state = envs.reset(reset_key, env_params)
         return {"actor": actor.init(actor_key, obs), "critic": critic.init(critic_key, obs)}, env_state, obs
 
     def env_step(carry, key):
         params, env_state, obs = carry
         action_key, env_key = jax.random.split(key)
-        pi = action_distribution(actor.apply(params["actor"], obs)[0], continuous)
+        pi = action_distribution(actor.apply(params["actor"], obs)[0], head)
         action = pi.sample(seed=action_key)
-        next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
-            jax.random.split(env_key, config.num_envs), env_state, action, env_params)
+        next_obs, env_state, reward, terminated, truncated, info = envs.step(
+            env_key, env_state, env_action(action, head, *bounds), env_params)
         reward = reward * config.reward_scale
         if config.time_limit == "bootstrap":  # a time limit is not an end: keep the value of where it stopped
             reward = reward + config.gamma * value_of(params, info["final_observation"]) * (truncated & ~terminated)
         step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
                     reward=reward, done=(terminated | truncated).astype(jnp.float32))
+        if head == "tanh_gaussian":  # the entropy estimate's noise (TanhGaussian), drawn afresh for each minibatch
+            step["noise"] = jax.random.normal(jax.random.fold_in(key, 1), action.shape)
         return (params, env_state, next_obs), step
 
     def rollout(params, env_state, obs, rng):
@@ -413,8 +431,8 @@ def make_agent(config, env_params=None):
         (_, env_state, obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
                                                     jax.random.split(rng, config.num_steps))
         advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, obs),
-                                config.gamma, config.gae_lambda)
-        batch = {k: rollout[k] for k in ("obs", "action", "log_prob", "value")}
+                                config.gamma, config.gae_lambda, config.unroll_length)
+        batch = {k: v for k, v in rollout.items() if k not in ("reward", "done")}
         batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),
                              dict(batch, advantage=advantage, target=target))
         return jax.lax.stop_gradient(batch), env_state, obs
@@ -437,6 +455,8 @@ def make_agent(config, env_params=None):
             def minibatch(carry, inputs):
                 params, opt_state = carry
                 mb, key = inputs
+                if "noise" in mb:
+                    mb = dict(mb, noise=jax.random.normal(jax.random.fold_in(key, 1), mb["noise"].shape))
                 (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
                 grads = {name: clip_gradient.update(g, clip_gradient.init(g))[0] for name, g in grads.items()}
                 trees = {name: network_context(params[name], activations[name], networks[name].layer_proportions,
@@ -448,7 +468,7 @@ def make_agent(config, env_params=None):
                                                       key=key, **context)
                 params = optax.apply_updates(params, updates)
                 dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
-                                              for n, a in activations["actor"].items() if n != "output"]))
+                                              for n, a in activations["actor"].items() if n.startswith("hidden")]))
                 reported = opt_state["metrics"] if isinstance(opt_state, dict) and "metrics" in opt_state else {}
                 return (params, opt_state), {"loss": loss, "dormant_fraction": dormant,
                                                      "optimizer": reported}
@@ -460,16 +480,17 @@ def make_agent(config, env_params=None):
         (params, opt_state), stats = jax.lax.scan(
             epoch, (params, opt_state),
             (jnp.arange(config.update_epochs), jax.random.split(epoch_key, config.update_epochs)))
-        metrics = {"episode_return": last_episode_return(env_state), "loss": stats["loss"].mean(),
+        metrics = {"episode_return": last_episode_return(env_state.env), "loss": stats["loss"].mean(),
                    "dormant_fraction": stats["dormant_fraction"][-1, -1]}
         if stats["optimizer"]:
             metrics["optimizer"] = jax.tree.map(lambda x: x.mean((0, 1)), stats["optimizer"])
         return params, opt_state, env_state, obs, metrics
 
     def act(params, obs, rng):
-        return action_distribution(actor.apply(params["actor"], obs)[0], continuous).sample(seed=rng)
+        pi = action_distribution(actor.apply(params["actor"], obs)[0], head)
+        return env_action(pi.sample(seed=rng), head, *bounds)
 
-    return Agent(networks, init, rollout, loss, update, act, env, env_params)
+    return Agent(networks, init, rollout, loss, update, act, env, env_params, envs)
 
 
 def make_train(config, optimizer_fn):
@@ -500,10 +521,11 @@ def make_train(config, optimizer_fn):
 
         (params, _, env_state, _, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
                                                                jnp.arange(num_updates))
-        final_return = evaluate(agent.env, agent.env_params, functools.partial(agent.act, params), rng,
+        final_return = evaluate(agent.env, agent.env_params,  # with the training's final statistics, frozen
+                                lambda obs, key: agent.act(params, agent.envs.observe(env_state, obs), key), rng,
                                 config.eval_episodes, eval_max_steps)
         return {"metrics": metrics, "final_return": final_return,
-                "training_return": env_state.returned_episode_returns.mean(), "params": params}
+                "training_return": env_state.env.returned_episode_returns.mean(), "params": params}
 
     return train
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gridworld  # noqa: E402
 import ppo  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main():
         jax.random.PRNGKey(0), ppo.hyperparameters(config)).compile()
     ppo_seconds = timed(train, jax.random.PRNGKey(0), ppo.hyperparameters(config))
 
-    env, env_params = ppo.make_env(config.env_name)
+    env, env_params = gridworld.make_env(config.env_name)
     num_actions = env.action_space(env_params).n
 
     @jax.jit

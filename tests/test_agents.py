@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import a2c
+import gridworld
 import ppo
 
 CATCH_PPO = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=16, num_steps=32, total_timesteps=150_000,
@@ -149,21 +150,21 @@ def test_make_train_refuses_bad_input_before_compiling(module, config):
 def test_deep_sea_of_any_size():
     """'DeepSea-bsuite-N' is bsuite's Deep Sea on an N x N grid (OPEN Sec. 7.2); malformed sizes are refused."""
     for size in (4, 26):
-        env, env_params = ppo.make_env(f"DeepSea-bsuite-{size}")
+        env, env_params = gridworld.make_env(f"DeepSea-bsuite-{size}")
         assert env.observation_space(env_params).shape == (size, size)
-    assert ppo.deep_sea_size("DeepSea-bsuite-12") == 12
+    assert gridworld.deep_sea_size("DeepSea-bsuite-12") == 12
     for bad in ("DeepSea-bsuite-", "DeepSea-bsuite-1", "DeepSea-bsuite-x", "DeepSea-bsuite--3"):
-        assert ppo.deep_sea_size(bad) is None
+        assert gridworld.deep_sea_size(bad) is None
         with pytest.raises(ValueError, match=f"unknown env_name '{bad}'.*DeepSea-bsuite-N"):
             ppo.validate(replace(ppo.PPOConfig(), env_name=bad))
 
 
-@pytest.mark.parametrize("time_limit", ppo.TIME_LIMITS)
+@pytest.mark.parametrize("time_limit", ppo.CHOICES["time_limit"])
 def test_a_time_limit_is_bootstrapped_or_terminal(time_limit):
     """CartPole cut at 4 steps: the return target at the cut is r + gamma V(final observation) with "bootstrap" and
     r = 1 with "terminal" (the OPEN authors' PPO); a step that does not end an episode is unaffected by the choice."""
     config = replace(ppo.PPOConfig(), num_envs=2, num_steps=8, time_limit=time_limit)
-    env_params = ppo.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
+    env_params = gridworld.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
     agent = ppo.make_agent(config, env_params)
     params, env_state, obs = agent.init(jax.random.PRNGKey(0))
     batch, _, _ = agent.rollout(params, env_state, obs, jax.random.PRNGKey(1))
