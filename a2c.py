@@ -8,8 +8,9 @@ Settings from Optim4RL App. C and the authors' configs/a2c_*.json: rollouts of 2
 updated by one optimizer. The feature nets are the authors' select_feature_net (components/network.py): Dense 256 for
 Catch, Dense 32 for the small gridworlds, Conv(16, kernel 2) + Dense 32 for the big ones.
 
-`make_agent(config)` exposes the pieces (network, rollout, loss, one update) so that `optim4rl_metagrad.py` can
-differentiate through inner updates; `make_train(config, optimizer_fn)` chains updates into one jitted training run.
+`make_agent(config)` exposes the pieces (ppo.Agent: network, rollout, loss, one update) so that `optim4rl_metagrad.py`
+can differentiate through inner updates; `make_train(config, optimizer_fn)` runs them in ppo.py's training loop, one
+jitted program.
 The optimizer receives the same context as in `ppo.py` (training proportion, dormancy, layer proportion, actor mask,
 key; batch proportion is 0: A2C makes one update per batch).
 """
@@ -20,17 +21,16 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_F
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
 
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 import gridworld
-from ppo import (check_wandb, dormancy_scores, evaluate, gae, hand_designed, last_episode_return, log_progress,
-                 network_context, parse_config, train_and_report)
+from ppo import (Agent, check_wandb, dormancy_scores, gae, hand_designed, last_episode_return, network_context,
+                 optimizer_step, parse_config, train_and_report)
+from ppo import make_train as ppo_make_train
 
 
 @dataclass(frozen=True)
@@ -118,28 +118,18 @@ class ActorCritic(nn.Module):
         return {**{name: (i + 1) / layers for i, name in enumerate(torso)}, "actor": 1.0, "critic": 1.0}
 
 
-class Agent(NamedTuple):
-    """The pieces of A2C, each a pure function of its arguments (env and config bound in)."""
-    network: ActorCritic
-    init: Callable  # rng -> (params, env_state, obs)
-    rollout: Callable  # (params, env_state, obs, rng) -> (trajectory, env_state, obs)
-    loss: Callable  # (params, trajectory, last_obs) -> (loss, activations)
-    update: Callable  # (params, opt_state, env_state, obs, rng, optimizer, training_proportion) -> (..., metrics)
-    env: object
-    env_params: object
-
-
 def make_agent(config, env_params=None):
+    """A2C's pieces (ppo.Agent): the rollout, its loss and one update, so that optim4rl_metagrad.py can differentiate
+    through inner updates; ppo.make_train chains the updates (make_train below)."""
     validate(config)
     env, default_env_params = gridworld.make_env(config.env_name)
     env_params = default_env_params if env_params is None else env_params
     network = ActorCritic(env.action_space(env_params).n, config.torso, config.width)
-    vmapped_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    envs = gridworld.NormalizedEnvs(env, config.num_envs)  # the envs stepped as one (no normalisation)
 
     def init(rng):
         network_key, reset_key = jax.random.split(rng)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, config.num_envs),
-                                                                env_params)
+        obs, env_state = envs.reset(reset_key, env_params)
         return network.init(network_key, obs), env_state, obs
 
     def rollout(params, env_state, obs, rng):
@@ -149,8 +139,8 @@ def make_agent(config, env_params=None):
             action_key, env_key = jax.random.split(key)
             logits, _, _ = network.apply(params, obs)
             action = distrax.Categorical(logits=logits).sample(seed=action_key)
-            next_obs, env_state, reward, terminated, truncated, info = vmapped_step(
-                jax.random.split(env_key, config.num_envs), env_state, action, env_params)
+            next_obs, env_state, reward, terminated, truncated, info = envs.step(env_key, env_state, action,
+                                                                                 env_params)
             bootstrap = truncated & ~terminated  # a time limit (Brax; gridworld horizon="truncation") is not an end
             reward = reward + config.gamma * network.apply(params, info["final_observation"])[1] * bootstrap
             return (env_state, next_obs), dict(obs=obs, action=action, reward=reward,
@@ -162,10 +152,10 @@ def make_agent(config, env_params=None):
 
     def loss(params, trajectory, last_obs):
         """A2C loss: policy gradient with GAE advantages, squared error to the lambda-returns, entropy bonus."""
-        steps, envs = trajectory["action"].shape
-        logits, values, activations = network.apply(params, trajectory["obs"].reshape((steps * envs,)
+        steps, num_envs = trajectory["action"].shape
+        logits, values, activations = network.apply(params, trajectory["obs"].reshape((steps * num_envs,)
                                                                                        + last_obs.shape[1:]))
-        logits, values = logits.reshape((steps, envs, -1)), values.reshape((steps, envs))
+        logits, values = logits.reshape((steps, num_envs, -1)), values.reshape((steps, num_envs))
         last_value = network.apply(params, last_obs)[1]
         advantage, target = gae(trajectory["reward"], jax.lax.stop_gradient(values), trajectory["done"],
                                 jax.lax.stop_gradient(last_value), config.gamma, config.gae_lambda)
@@ -175,54 +165,29 @@ def make_agent(config, env_params=None):
         return actor_loss + config.critic_coef * critic_loss - config.entropy_coef * pi.entropy().mean(), activations
 
     def update(params, opt_state, env_state, obs, rng, optimizer, training_proportion):
-        """One A2C update: a fresh rollout, its loss gradient, and one optimizer step."""
+        """One A2C update: a fresh rollout, its loss gradient (clipped element-wise), one optimizer step."""
         rollout_key, optimizer_key = jax.random.split(rng)
         trajectory, env_state, obs = rollout(params, env_state, obs, rollout_key)
         (value, activations), grads = jax.value_and_grad(loss, has_aux=True)(params, trajectory, obs)
         if config.grad_clip:
             grads = jax.tree.map(lambda g: jnp.clip(g, -config.grad_clip, config.grad_clip), grads)
         context = network_context(params, activations, network.layer_proportions, ("actor",))
-        updates, opt_state = optimizer.update(grads, opt_state, params, training_proportion=training_proportion,
-                                              batch_proportion=0.0, key=optimizer_key, **context)
-        metrics = {"episode_return": last_episode_return(env_state), "loss": value,
+        params, opt_state, reported = optimizer_step(optimizer, params, opt_state, grads, context, optimizer_key,
+                                                     training_proportion)
+        metrics = {"episode_return": last_episode_return(env_state.env), "loss": value,
                    "dormant_fraction": jnp.mean(dormancy_scores(activations["dense"]) == 0.0)}
-        return optax.apply_updates(params, updates), opt_state, env_state, obs, metrics
+        return params, opt_state, env_state, obs, dict(metrics, **({"optimizer": reported} if reported else {}))
 
-    return Agent(network, init, rollout, loss, update, env, env_params)
+    def act(params, obs, rng):
+        return distrax.Categorical(logits=network.apply(params, obs)[0]).sample(seed=rng)
+
+    return Agent({"actor_critic": network}, init, rollout, loss, update, act, env, env_params, envs,
+                 config.num_envs * config.rollout_length)
 
 
 def make_train(config, optimizer_fn):
-    """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return", "params"}."""
-    num_updates = config.total_timesteps // (config.num_envs * config.rollout_length)
-    probe = make_agent(config)  # validates the config and builds the env before anything is traced
-    max_steps = config.eval_max_steps or int(probe.env_params.max_steps_in_episode)
-
-    def train(rng, optimizer_params, env_params=None):
-        agent = make_agent(config, env_params)
-        optimizer = optimizer_fn(optimizer_params)
-        seed_tag = rng[-1]
-        rng, init_key = jax.random.split(rng)
-        params, env_state, obs = agent.init(init_key)
-
-        def step(carry, update_index):
-            params, opt_state, env_state, obs, rng = carry
-            rng, key = jax.random.split(rng)
-            params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
-                                                                      optimizer, update_index / num_updates)
-            if config.log_every:
-                log_progress(seed_tag, update_index, num_updates, metrics, config)
-            return (params, opt_state, env_state, obs, rng), metrics
-
-        (params, *_, rng), metrics = jax.lax.scan(step, (params, optimizer.init(params), env_state, obs, rng),
-                                                  jnp.arange(num_updates))
-
-        def act(obs, key):
-            return distrax.Categorical(logits=agent.network.apply(params, obs)[0]).sample(seed=key)
-
-        final_return = evaluate(agent.env, agent.env_params, act, rng, config.eval_episodes, max_steps)
-        return {"metrics": metrics, "final_return": final_return, "params": params}
-
-    return train
+    """`train(rng, optimizer_params, env_params=None)`: ppo.make_train's training loop with A2C's agent."""
+    return ppo_make_train(config, optimizer_fn, make_agent)
 
 
 def main(config):

@@ -351,8 +351,9 @@ def evaluate(env, env_params, act, rng, num_episodes, max_steps):
 
 
 class Agent(NamedTuple):
-    """The pieces of PPO, each a pure function of its arguments (env, networks and config bound in), like a2c.Agent."""
-    networks: dict  # {"actor": MLP, "critic": MLP}
+    """An agent's pieces (PPO's here, A2C's in a2c.py), each a pure function of its arguments (env, networks and config
+    bound in), for `make_train` and for meta-gradients through updates (optim4rl_metagrad.py)."""
+    networks: dict  # PPO: {"actor": MLP, "critic": MLP}
     init: Callable  # rng -> (params, env_state, obs)
     rollout: Callable  # (params, env_state, obs, rng) -> (batch with GAE advantages and targets, env_state, obs)
     loss: Callable  # (params, batch, last_obs) -> (loss, activations)
@@ -361,11 +362,22 @@ class Agent(NamedTuple):
     env: object  # one env (the final-policy evaluation's)
     env_params: object
     envs: gridworld.NormalizedEnvs  # the training envs; envs.observe(env_state, obs): obs normalised as in training
+    steps_per_update: int  # env steps of one update (one rollout of every env)
+
+
+def optimizer_step(optimizer, params, opt_state, grads, context, key, training_proportion, batch_proportion=0.0):
+    """Where every agent meets its optimizer: one call on the whole agent with the context a learned optimizer reads
+    (module docstring), then the update applied. An optimizer whose state is a dict with a "metrics" entry gets it
+    reported. Returns (params, opt_state, reported metrics)."""
+    updates, opt_state = optimizer.update(grads, opt_state, params, training_proportion=training_proportion,
+                                          batch_proportion=batch_proportion, key=key, **context)
+    reported = opt_state["metrics"] if isinstance(opt_state, dict) and "metrics" in opt_state else {}
+    return optax.apply_updates(params, updates), opt_state, reported
 
 
 def make_agent(config, env_params=None):
-    """PPO's pieces for `make_train` and for meta-gradients through PPO updates (optim4rl_metagrad.py). The optimizer
-    acts on the whole agent, {"actor": ..., "critic": ...}: its state is optimizer.init(params)."""
+    """PPO's pieces (Agent). The optimizer acts on the whole agent, {"actor": ..., "critic": ...}: its state is
+    optimizer.init(params)."""
     validate(config)
     env, default_env_params = gridworld.make_env(config.env_name, config.brax_backend, config.episode_length)
     env_params = default_env_params if env_params is None else env_params
@@ -440,6 +452,19 @@ def make_agent(config, env_params=None):
     def loss(params, batch, last_obs):
         return loss_fn(params, batch)
 
+    def learn(optimizer, params, opt_state, grads, activations, key, training_proportion, batch_proportion):
+        """The optimizer's side of a minibatch: each network's gradient clipped, the context (module docstring) from
+        the minibatch's activations, optimizer_step, and the fraction of dormant actor neurons (OPEN eq. 6)."""
+        grads = {name: clip_gradient.update(g, clip_gradient.init(g))[0] for name, g in grads.items()}
+        trees = {name: network_context(params[name], activations[name], networks[name].layer_proportions,
+                                       params[name]["params"] if name == "actor" else ()) for name in networks}
+        context = {k: {name: tree[k] for name, tree in trees.items()} for k in trees["actor"]}
+        params, opt_state, reported = optimizer_step(optimizer, params, opt_state, grads, context, key,
+                                                     training_proportion, batch_proportion)
+        dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
+                                      for n, a in activations["actor"].items() if n.startswith("hidden")]))
+        return params, opt_state, {"dormant_fraction": dormant, "optimizer": reported}
+
     def update(params, opt_state, env_state, obs, rng, optimizer, training_proportion):
         """One PPO update: a fresh rollout, then `update_epochs` epochs of `num_minibatches` optimizer steps."""
         rollout_key, epoch_key = jax.random.split(rng)
@@ -455,23 +480,12 @@ def make_agent(config, env_params=None):
             def minibatch(carry, inputs):
                 params, opt_state = carry
                 mb, key = inputs
-                if "noise" in mb:
+                if "noise" in mb:  # TanhGaussian's entropy estimate: fresh noise for each minibatch
                     mb = dict(mb, noise=jax.random.normal(jax.random.fold_in(key, 1), mb["noise"].shape))
                 (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
-                grads = {name: clip_gradient.update(g, clip_gradient.init(g))[0] for name, g in grads.items()}
-                trees = {name: network_context(params[name], activations[name], networks[name].layer_proportions,
-                                               params[name]["params"] if name == "actor" else ())
-                         for name in networks}
-                context = {k: {name: tree[k] for name, tree in trees.items()} for k in trees["actor"]}
-                updates, opt_state = optimizer.update(grads, opt_state, params, training_proportion=training_proportion,
-                                                      batch_proportion=proportion(epoch_index, config.update_epochs),
-                                                      key=key, **context)
-                params = optax.apply_updates(params, updates)
-                dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
-                                              for n, a in activations["actor"].items() if n.startswith("hidden")]))
-                reported = opt_state["metrics"] if isinstance(opt_state, dict) and "metrics" in opt_state else {}
-                return (params, opt_state), {"loss": loss, "dormant_fraction": dormant,
-                                                     "optimizer": reported}
+                params, opt_state, stats = learn(optimizer, params, opt_state, grads, activations, key,
+                                                 training_proportion, proportion(epoch_index, config.update_epochs))
+                return (params, opt_state), dict(stats, loss=loss)
 
             carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
                                                                                        config.num_minibatches)))
@@ -490,20 +504,22 @@ def make_agent(config, env_params=None):
         pi = action_distribution(actor.apply(params["actor"], obs)[0], head)
         return env_action(pi.sample(seed=rng), head, *bounds)
 
-    return Agent(networks, init, rollout, loss, update, act, env, env_params, envs)
+    return Agent(networks, init, rollout, loss, update, act, env, env_params, envs, batch_size)
 
 
-def make_train(config, optimizer_fn):
+def make_train(config, optimizer_fn, agent_fn=None):
     """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return" (evaluation of
-    the final policy), "training_return" (the OPEN authors' metric, see the module docstring), "params"}. An optimizer
-    whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets their per-update
-    means (over epochs and minibatches) reported as metrics["optimizer"]."""
-    num_updates = config.total_timesteps // (config.num_envs * config.num_steps)
-    probe = make_agent(config)  # validates the config and builds the env before anything is traced
+    the final policy), "training_return" (the OPEN authors' metric, see the module docstring), "params"}: the training
+    loop of every agent, `agent_fn(config, env_params)` (PPO's make_agent by default; a2c.py passes A2C's). An
+    optimizer whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets their
+    per-update means (over epochs and minibatches) reported as metrics["optimizer"]."""
+    agent_fn = agent_fn or make_agent
+    probe = agent_fn(config)  # validates the config and builds the env before anything is traced
+    num_updates = config.total_timesteps // probe.steps_per_update
     eval_max_steps = config.eval_max_steps or int(probe.env_params.max_steps_in_episode)
 
     def train(rng, optimizer_params, env_params=None):
-        agent = make_agent(config, env_params)
+        agent = agent_fn(config, env_params)
         optimizer = optimizer_fn(optimizer_params)
         seed_tag = rng[-1]
         rng, init_key = jax.random.split(rng)
