@@ -718,7 +718,7 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
         <out_path>.md    IQM and mean final return with 95% stratified bootstrap CIs; with `t_level` (the Optim4RL
                          paper's 0.9) also the mean's Student-t interval
         <out_path>.png   return curves: IQM over seeds with 95% bootstrap CIs (rliable's sample-efficiency plot)
-    Returns {name: {"final": (seeds,), "training": (seeds,) or None, "curve": (seeds, updates)}}."""
+    Returns {name: {"final": (seeds,), "training": (seeds,), "curve": (seeds, updates)}}."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -729,9 +729,9 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
     program = jax.jit(lambda params: {name: runs[name](keys, params[name]) for name in runs})
     start = time.time()
     out = jax.device_get(program({name: params for name, (_, params) in candidates.items()}))
-    results = {name: {"final": np.asarray(o["final_return"], np.float64),
-                      "training": np.asarray(o["training_return"], np.float64) if "training_return" in o else None,
-                      "curve": np.asarray(o["metrics"]["episode_return"], np.float64)} for name, o in out.items()}
+    results = {name: {"final": np.asarray(out[name]["final_return"], np.float64),  # in the candidates' order
+                      "training": np.asarray(out[name]["training_return"], np.float64),
+                      "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
     seconds = time.time() - start
     estimates = interval_estimates({n: r["final"][:, None] for n, r in results.items()}, reps)
     cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
@@ -744,12 +744,12 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
     summary = {}
     for name, r in results.items():
         t = t_interval(r["final"], t_level) if t_level else None
-        training = "" if r["training"] is None else f"{r['training'].mean():.3f}"
+        training = f"{r['training'].mean():.3f}"
         lines.append(f"| {name} | {cell(estimates[name][0])} | {cell(estimates[name][1])} |"
                      + (f" {t[0]:.3f} +- {t[1]:.3f} |" if t else "") + f" {training} |")
         summary[name] = {"final_returns": r["final"].tolist(), "iqm": estimates[name][0].tolist(),
                          "mean": estimates[name][1].tolist(), **({"t_interval": list(map(float, t))} if t else {}),
-                         **({} if r["training"] is None else {"training_returns": r["training"].tolist()})}
+                         "training_returns": r["training"].tolist()}
     table = "\n".join(lines) + "\n"
     write_atomic(f"{out_path}.md", table)
     write_atomic(f"{out_path}.json", json.dumps(summary, indent=1))
