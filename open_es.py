@@ -374,8 +374,10 @@ def open_optimizer(config):
 
 
 def optim4rl_config(config):
-    """Optim4RL (Lan et al., 2023) at OPEN's sizes: GRU 8 and MLPs [16, 16]; doubled for multi-task (App. B.5)."""
-    return optim4rl_metagrad.Optim4RLConfig(gru_size=config.gru_size, mlp_sizes=(config.hidden_size,) * 2)
+    """Optim4RL (Lan et al., 2023) at OPEN's sizes: GRU 8 and MLPs [16, 16]; doubled for multi-task (App. B.5). Inputs
+    [sign g, log|g|] and zero read-outs, as trained/optim4rl_es_catch.msgpack was evolved."""
+    return optim4rl_metagrad.Optim4RLConfig(gru_size=config.gru_size, mlp_sizes=(config.hidden_size,) * 2,
+                                            gradient_processing=True, zero_readout=True)
 
 
 def learned_optimizer_fn(config):

@@ -10,8 +10,10 @@
     python optim4rl_metagrad.py --eval runs/optim4rl_six_gridworlds --eval-env ant   # transfer to Brax with PPO
 
 The optimizer (Algorithm 1, App. A) works coordinate-wise: every agent parameter has its own hidden states of two
-GRUs; GRU1 reads the gradient g and an MLP maps its state to o1, GRU2 reads g^2 and another MLP gives o2;
+GRUs; GRU1 reads the gradient g and a read-out maps its state to o1, GRU2 reads g^2 and another read-out gives o2;
 m = sign(g) exp(o1), v = exp(o2) and the update is -lr m / sqrt(v + eps) (eq. 2). The input gradient is stop-gradient.
+As in the authors' code (components/optim.py, RLC 2024 version) each read-out is one Dense layer with flax's default
+init; App. A's MLPs [16, 16] and the 2023 code's inputs [sign g, log|g|] are `--preset processed_inputs`.
 `make_optimizer_fn(config)(optimizer_params)`, with `optimizer_params = {"meta": meta_params, "learning_rate": lr}`,
 is an ordinary `optax.GradientTransformationExtraArgs` (context keyword arguments are ignored), so
 `a2c.make_train(config, optimizer_fn)`, `ppo.make_train(config, optimizer_fn)` or any optax user trains with it;
@@ -56,8 +58,9 @@ from ppo import hand_designed, hyperparameters, parse_config
 class Optim4RLConfig:
     architecture: str = "optim4rl"  # "optim4rl" (Algorithm 1); ablations (Sec. 6.1): "linear_optim", "l2lgd2"
     gru_size: int = 8  # hidden size of each GRU (Sec. 6, App. A)
-    mlp_sizes: tuple[int, ...] = (16, 16)  # hidden layers of each MLP head (Sec. 6, App. A)
-    gradient_processing: bool = True  # GRU inputs [sign g, log|g|] and log g^2 (ICLR 2024 version) instead of g, g^2
+    mlp_sizes: tuple[int, ...] = ()  # hidden layers of each read-out: none in the authors' code; App. A: 16 16
+    gradient_processing: bool = False  # GRU inputs [sign g, log|g|] and log g^2 (the 2023 code) instead of g, g^2
+    zero_readout: bool = False  # zero read-out kernels: start as exactly sign-SGD; off: flax's default, as the authors
     agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3, Brax 3e-4 (App. C.3, meta_rl_*.json)
     algorithm: str = "a2c"  # the units' agent: "a2c" (Catch, gridworlds; App. C) or "ppo" (Brax; App. C.3)
     env_name: str = "Catch-bsuite"  # meta-training env, with its a2c.py preset (App. C)
@@ -68,8 +71,9 @@ class Optim4RLConfig:
     inner_updates: int = 4  # M inner updates per outer update (Sec. 2.2, App. C)
     pipeline: bool = True  # pipeline training (Sec. 5.1); off: units start together and are never reset
     reset_interval: int = 32  # m (Sec. 5.1); Catch: 32 or 64 (App. C.3)
-    num_meta_steps: int = 500  # outer updates of the whole run (the authors' Catch runs: 5e5 env steps, 78)
-    meta_lr: float = 3e-3  # Adam meta learning rate, swept over {1e-5, ..., 1e-2} (App. C.3; Catch: 1e-4 to 1e-2)
+    num_meta_steps: int = 78  # outer updates; Catch: 5e5 env steps / (64 units x 20 steps x (M + 1)) = 78, as the
+    # authors' MetaA2C ran (BaseAgent.py); more shrinks the learned steps at this meta-lr (docs/RESULTS.md)
+    meta_lr: float = 1e-2  # Adam meta-lr: the top of meta_rl_catch.json's sweep {1e-4, ..., 1e-2}, best in 78 steps
     meta_grad_clip: float = 0.5  # clip of the meta-gradient: global norm 0.5 or element-wise 1.0 (meta_rl_*.json)
     meta_grad_clip_mode: str = "global_norm"  # "global_norm" or "elementwise" (the authors' grad_norm / grad_clip)
     remat: bool = False  # rematerialise the optimizer network in backprop (memory; on in the gridworld presets)
@@ -91,7 +95,7 @@ class Optim4RLConfig:
 # m from {72, 144, 288, 576}; evaluated over a2c.py's 3e7-step, 512-env gridworld runs (lopt_rl_*.json), Adam and
 # RMSprop at each lr of a2c_grid.json.
 GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
-                 remat=True, unit_chunk=64, eval_timesteps=30_000_000,
+                 remat=True, unit_chunk=64, eval_timesteps=30_000_000, meta_lr=3e-3,
                  eval_baseline_lrs=(3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4))
 # meta_rl_grid.json: the agent lr of each of the six gridworlds.
 SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3,
@@ -99,13 +103,15 @@ SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_s
 # PPO on Brax (App. C.3, ppo.py's *_optim4rl presets: 8 minibatches, value net [64] * 5): 2048 envs in all, as 16
 # vmapped units of 128 envs; m from {32, ..., 512}; evaluated over 5e7-step runs.
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
-            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=50_000_000)
+            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=50_000_000, meta_lr=3e-3)
 PRESETS = {
     "default": {},
     "catch": {},  # meta_rl_catch.json: 64 units of one env, agent lr 1e-3, m = 32 (or 64), global-norm clip 0.5
     "catch_m64": dict(reset_interval=64),
     "catch_elementwise_clip": dict(meta_grad_clip_mode="elementwise", meta_grad_clip=1.0),  # meta_rl_catch.json
     "catch_16_envs": dict(envs_per_unit=16),  # this repo's earlier default: less noisy meta-gradients
+    # App. A's MLPs [16, 16], the inputs of the authors' 2023 code (commit ab902e3) and zero read-outs
+    "processed_inputs": dict(gradient_processing=True, mlp_sizes=(16, 16), zero_readout=True),
     "no_pipeline": dict(pipeline=False),
     **{f"{name}{suffix}": dict(settings, env_name=name, pipeline=not suffix, run_dir=f"runs/optim4rl_{name}{suffix}")
        for name, settings in (("small_dense_long", dict(GRIDWORLD, agent_lr=3e-2)),  # meta_rl_sdl.json, lopt_rl_sdl
@@ -116,8 +122,8 @@ PRESETS = {
                            run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4, meta_rl_grid.json
 }
 META_GRAD_CLIP_MODES = ("global_norm", "elementwise")
-ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the MLP head on each GRU
-ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
+ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the read-out of each GRU
+ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing", "zero_readout")
 EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
 # free to change when resuming; a checkpoint's eval_baseline_lrs is kept by --eval
 RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir", "eval_baseline_lrs", "wandb") + EVAL_FIELDS
@@ -208,8 +214,8 @@ def validate(config):
         raise ValueError(f"unit_chunk must be 0 or divide num_units = {config.num_units}, got {config.unit_chunk}")
     if config.reset_interval < 1:
         raise ValueError(f"reset_interval must be at least 1, got {config.reset_interval}")
-    if not config.mlp_sizes or min(config.mlp_sizes) < 1:
-        raise ValueError(f"mlp_sizes must be one or more positive sizes, got {config.mlp_sizes}")
+    if min(config.mlp_sizes, default=1) < 1:
+        raise ValueError(f"mlp_sizes must be positive sizes, got {config.mlp_sizes}")
     if config.eval_seeds < 2:
         raise ValueError(f"eval_seeds must be at least 2 for a confidence interval, got {config.eval_seeds}")
     for field in ("agent_lr", "meta_lr", "meta_grad_clip"):
@@ -232,6 +238,7 @@ class LearnedOptimizer(nn.Module):
     gru_size: int
     mlp_sizes: tuple[int, ...]
     gradient_processing: bool
+    zero_readout: bool
 
     @nn.compact
     def __call__(self, hidden, g):
@@ -247,8 +254,10 @@ class LearnedOptimizer(nn.Module):
             state, x = nn.GRUCell(self.gru_size, name=f"gru{i + 1}")(hidden[:, i], inputs[i])
             for j, size in enumerate(self.mlp_sizes):
                 x = nn.relu(nn.Dense(size, name=f"mlp{i + 1}_{j}")(x))
-            # zero read-out: o = 0 at initialisation, so Optim4RL starts as sign-SGD, -lr sign(g), the others as SGD
-            outputs.append(nn.Dense(num_outputs, kernel_init=nn.initializers.zeros, name=f"out{i + 1}")(x))
+            # zero read-out: o = 0 at first, so Optim4RL is exactly sign-SGD, -lr sign(g), the others SGD; flax's default
+            # (the authors') is close to that while the states are small, and lets the meta-gradient reach the GRUs
+            init = nn.initializers.zeros if self.zero_readout else nn.initializers.lecun_normal()
+            outputs.append(nn.Dense(num_outputs, kernel_init=init, name=f"out{i + 1}")(x))
             states.append(state)
         return jnp.stack(states, 1), jnp.concatenate(outputs, -1)
 
@@ -272,7 +281,8 @@ def parameter_update(architecture, g, o, learning_rate):
 
 
 def optimizer_network(config):
-    return LearnedOptimizer(config.architecture, config.gru_size, tuple(config.mlp_sizes), config.gradient_processing)
+    return LearnedOptimizer(config.architecture, config.gru_size, tuple(config.mlp_sizes), config.gradient_processing,
+                            config.zero_readout)
 
 
 def rematerialised(apply, chunk):
@@ -320,7 +330,7 @@ def make_optimizer_fn(config):
 
 
 def init_meta_params(config, rng):
-    """The meta-parameters that meta-training with key `rng` starts from (zero read-outs: sign-SGD)."""
+    """The meta-parameters that meta-training with key `rng` starts from (near sign-SGD; exactly with zero_readout)."""
     num_grus = len(ARCHITECTURES[config.architecture])
     return optimizer_network(config).init(jax.random.fold_in(rng, 1), jnp.zeros((1, num_grus, config.gru_size)),
                                           jnp.zeros(1))
@@ -494,6 +504,7 @@ def checkpoint_path(path):
 def read_config(path):
     with np.load(checkpoint_path(path)) as data:
         saved = json.loads(str(data["config"]))
+    saved.setdefault("zero_readout", True)  # checkpoints written before the field existed started from zero read-outs
     tuples = ("mlp_sizes", "tasks", "task_lrs", "eval_baseline_lrs")
     return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in tuples if n in saved}})
 
