@@ -254,8 +254,8 @@ class LearnedOptimizer(nn.Module):
             state, x = nn.GRUCell(self.gru_size, name=f"gru{i + 1}")(hidden[:, i], inputs[i])
             for j, size in enumerate(self.mlp_sizes):
                 x = nn.relu(nn.Dense(size, name=f"mlp{i + 1}_{j}")(x))
-            # zero read-out: o = 0 at first, so Optim4RL is exactly sign-SGD, -lr sign(g), the others SGD; flax's default
-            # (the authors') is close to that while the states are small, and lets the meta-gradient reach the GRUs
+            # zero read-out: o = 0 at first, so Optim4RL is exactly sign-SGD, -lr sign(g), the others SGD; flax's
+            # default (the authors') is close to that while the states are small, and lets meta-gradients reach the GRUs
             init = nn.initializers.zeros if self.zero_readout else nn.initializers.lecun_normal()
             outputs.append(nn.Dense(num_outputs, kernel_init=init, name=f"out{i + 1}")(x))
             states.append(state)
