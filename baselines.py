@@ -208,9 +208,11 @@ def read_json(path):
 
 def optim4rl_by_es(es_config):
     """(optimizer_fn, initial meta_params) of Optim4RL for OPEN's ES (OPEN Sec. 6.1, App. B.4): GRU 8 and MLPs
-    [16, 16] (OPEN's sizes; doubled for multi-task, App. B.5), at the fixed lr `optim4rl_learning_rate`, so ES
-    evolves its network only."""
-    config = optim4rl_metagrad.Optim4RLConfig(gru_size=es_config.gru_size, mlp_sizes=(es_config.hidden_size,) * 2)
+    [16, 16] (OPEN's sizes; doubled for multi-task, App. B.5) on inputs [sign g, log|g|], zero read-outs (as
+    trained/optim4rl_es_catch.msgpack was evolved), at the fixed lr `optim4rl_learning_rate`, so ES evolves its
+    network only."""
+    config = optim4rl_metagrad.Optim4RLConfig(gru_size=es_config.gru_size, mlp_sizes=(es_config.hidden_size,) * 2,
+                                              gradient_processing=True, zero_readout=True)
     optimizer_fn = optim4rl_metagrad.make_optimizer_fn(config)
     learning_rate = es_config.optim4rl_learning_rate or 0.1 * es_config.ppo.learning_rate  # files before the field
     return (lambda meta_params: optimizer_fn({"meta": meta_params, "learning_rate": learning_rate}),

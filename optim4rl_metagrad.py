@@ -10,8 +10,10 @@
     python optim4rl_metagrad.py --eval runs/optim4rl_six_gridworlds --eval-env ant   # transfer to Brax with PPO
 
 The optimizer (Algorithm 1, App. A) works coordinate-wise: every agent parameter has its own hidden states of two
-GRUs; GRU1 reads the gradient g and an MLP maps its state to o1, GRU2 reads g^2 and another MLP gives o2;
+GRUs; GRU1 reads the gradient g and a read-out maps its state to o1, GRU2 reads g^2 and another read-out gives o2;
 m = sign(g) exp(o1), v = exp(o2) and the update is -lr m / sqrt(v + eps) (eq. 2). The input gradient is stop-gradient.
+As in the authors' code (components/optim.py, RLC 2024 version) each read-out is one Dense layer with flax's default
+init; App. A's MLPs [16, 16] and the 2023 code's inputs [sign g, log|g|] are `--preset processed_inputs`.
 `make_optimizer_fn(config)(optimizer_params)`, with `optimizer_params = {"meta": meta_params, "learning_rate": lr}`,
 is an ordinary `optax.GradientTransformationExtraArgs` (context keyword arguments are ignored), so
 `a2c.make_train(config, optimizer_fn)`, `ppo.make_train(config, optimizer_fn)` or any optax user trains with it;
@@ -35,7 +37,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal ini
 # threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import functools
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, NamedTuple, Optional
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
+from flax import serialization
 from jax.flatten_util import ravel_pytree
 
 import a2c
@@ -58,8 +59,9 @@ from ppo import hand_designed, hyperparameters, parse_config
 class Optim4RLConfig:
     architecture: str = "optim4rl"  # "optim4rl" (Algorithm 1); ablations (Sec. 6.1): "linear_optim", "l2lgd2"
     gru_size: int = 8  # hidden size of each GRU (Sec. 6, App. A)
-    mlp_sizes: tuple[int, ...] = (16, 16)  # hidden layers of each MLP head (Sec. 6, App. A)
-    gradient_processing: bool = True  # GRU inputs [sign g, log|g|] and log g^2 (ICLR 2024 version) instead of g, g^2
+    mlp_sizes: tuple[int, ...] = ()  # hidden layers of each read-out: none in the authors' code; App. A: 16 16
+    gradient_processing: bool = False  # GRU inputs [sign g, log|g|] and log g^2 (the 2023 code) instead of g, g^2
+    zero_readout: bool = False  # zero read-out kernels: start as exactly sign-SGD; off: flax's default, as the authors
     agent_lr: float = 1e-3  # lr of eq. 2; Catch 1e-3, big_dense_long 3e-3, Brax 3e-4 (App. C.3, meta_rl_*.json)
     algorithm: str = "a2c"  # the units' agent: "a2c" (Catch, gridworlds; App. C) or "ppo" (Brax; App. C.3)
     env_name: str = "Catch-bsuite"  # meta-training env, with its a2c.py preset (App. C)
@@ -70,15 +72,16 @@ class Optim4RLConfig:
     inner_updates: int = 4  # M inner updates per outer update (Sec. 2.2, App. C)
     pipeline: bool = True  # pipeline training (Sec. 5.1); off: units start together and are never reset
     reset_interval: int = 32  # m (Sec. 5.1); Catch: 32 or 64 (App. C.3)
-    num_meta_steps: int = 500  # outer updates of the whole run (the authors' Catch runs: 5e5 env steps, 78)
-    meta_lr: float = 3e-3  # Adam meta learning rate, swept over {1e-5, ..., 1e-2} (App. C.3; Catch: 1e-4 to 1e-2)
+    num_meta_steps: int = 78  # outer updates; Catch: 5e5 env steps / (64 units x 20 steps x (M + 1)) = 78, as the
+    # authors' MetaA2C ran (BaseAgent.py); more shrinks the learned steps at this meta-lr (docs/RESULTS.md)
+    meta_lr: float = 1e-2  # Adam meta-lr: the top of meta_rl_catch.json's sweep {1e-4, ..., 1e-2}, best in 78 steps
     meta_grad_clip: float = 0.5  # clip of the meta-gradient: global norm 0.5 or element-wise 1.0 (meta_rl_*.json)
     meta_grad_clip_mode: str = "global_norm"  # "global_norm" or "elementwise" (the authors' grad_norm / grad_clip)
     remat: bool = False  # rematerialise the optimizer network in backprop (memory; on in the gridworld presets)
     remat_chunk: int = 4096  # with remat: parameters per chunk whose GRU/MLP activations are held at once
     unit_chunk: int = 0  # backprop through this many units at a time, one chunk after another (0: all at once)
     checkpoint_every: int = 50  # K: meta-steps per compiled chunk; a progress line and a checkpoint after each
-    run_dir: str = "runs/optim4rl_catch"  # checkpoint.npz (meta-state + this config) and evaluation outputs
+    run_dir: str = "runs/optim4rl_catch"  # checkpoint.msgpack (meta-state + this config) and evaluation outputs
     seed: int = 0  # seed of meta-training; evaluation seeds are seed, seed + 1, ...
     eval: Optional[str] = None  # a checkpoint (or its run dir) to evaluate instead of meta-training
     eval_env: Optional[str] = None  # env of the evaluation (None: env_name), trained with its a2c.py preset
@@ -93,7 +96,7 @@ class Optim4RLConfig:
 # m from {72, 144, 288, 576}; evaluated over a2c.py's 3e7-step, 512-env gridworld runs (lopt_rl_*.json), Adam and
 # RMSprop at each lr of a2c_grid.json.
 GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
-                 remat=True, unit_chunk=64, eval_timesteps=30_000_000,
+                 remat=True, unit_chunk=64, eval_timesteps=30_000_000, meta_lr=3e-3,
                  eval_baseline_lrs=(3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4))
 # meta_rl_grid.json: the agent lr of each of the six gridworlds.
 SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3,
@@ -102,13 +105,15 @@ SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_s
 # [64] * 5): 2048 envs in all, as 16 vmapped units of 128 envs; m from {32, ..., 512}; evaluated with the *_optim4rl
 # presets over 1e8-step runs (lopt_rl_grid_{ant,humanoid}.json "train_steps").
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
-            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=100_000_000)
+            checkpoint_every=10, remat=True, unit_chunk=4, eval_timesteps=100_000_000, meta_lr=3e-3)
 PRESETS = {
     "default": {},
     "catch": {},  # meta_rl_catch.json: 64 units of one env, agent lr 1e-3, m = 32 (or 64), global-norm clip 0.5
     "catch_m64": dict(reset_interval=64),
     "catch_elementwise_clip": dict(meta_grad_clip_mode="elementwise", meta_grad_clip=1.0),  # meta_rl_catch.json
     "catch_16_envs": dict(envs_per_unit=16),  # this repo's earlier default: less noisy meta-gradients
+    # App. A's MLPs [16, 16], the inputs of the authors' 2023 code (commit ab902e3) and zero read-outs
+    "processed_inputs": dict(gradient_processing=True, mlp_sizes=(16, 16), zero_readout=True),
     "no_pipeline": dict(pipeline=False),
     **{f"{name}{suffix}": dict(settings, env_name=name, pipeline=not suffix, run_dir=f"runs/optim4rl_{name}{suffix}")
        for name, settings in (("small_dense_long", dict(GRIDWORLD, agent_lr=3e-2)),  # meta_rl_sdl.json, lopt_rl_sdl
@@ -119,8 +124,8 @@ PRESETS = {
                            run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4, meta_rl_grid.json
 }
 META_GRAD_CLIP_MODES = ("global_norm", "elementwise")
-ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the MLP head on each GRU
-ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing")
+ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the read-out of each GRU
+ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing", "zero_readout")
 EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
 # free to change when resuming; a checkpoint's eval_baseline_lrs is kept by --eval
 RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir", "eval_baseline_lrs", "wandb") + EVAL_FIELDS
@@ -211,15 +216,15 @@ def validate(config):
         raise ValueError(f"unit_chunk must be 0 or divide num_units = {config.num_units}, got {config.unit_chunk}")
     if config.reset_interval < 1:
         raise ValueError(f"reset_interval must be at least 1, got {config.reset_interval}")
-    if not config.mlp_sizes or min(config.mlp_sizes) < 1:
-        raise ValueError(f"mlp_sizes must be one or more positive sizes, got {config.mlp_sizes}")
+    if min(config.mlp_sizes, default=1) < 1:
+        raise ValueError(f"mlp_sizes must be positive sizes, got {config.mlp_sizes}")
     if config.eval_seeds < 2:
         raise ValueError(f"eval_seeds must be at least 2 for a confidence interval, got {config.eval_seeds}")
     for field in ("agent_lr", "meta_lr", "meta_grad_clip"):
         if getattr(config, field) <= 0:
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
     ppo.check_wandb(config.wandb)
-    if config.eval and not os.path.isfile(checkpoint_path(config.eval)):
+    if config.eval and not os.path.exists(checkpoint_path(config.eval)):
         raise ValueError(f"eval: no checkpoint at {config.eval!r}")
     for name in task_names(config):
         {"a2c": a2c, "ppo": ppo}[config.algorithm].validate(unit_agent_config(config, name))
@@ -235,6 +240,7 @@ class LearnedOptimizer(nn.Module):
     gru_size: int
     mlp_sizes: tuple[int, ...]
     gradient_processing: bool
+    zero_readout: bool
 
     @nn.compact
     def __call__(self, hidden, g):
@@ -250,8 +256,10 @@ class LearnedOptimizer(nn.Module):
             state, x = nn.GRUCell(self.gru_size, name=f"gru{i + 1}")(hidden[:, i], inputs[i])
             for j, size in enumerate(self.mlp_sizes):
                 x = nn.relu(nn.Dense(size, name=f"mlp{i + 1}_{j}")(x))
-            # zero read-out: o = 0 at initialisation, so Optim4RL starts as sign-SGD, -lr sign(g), the others as SGD
-            outputs.append(nn.Dense(num_outputs, kernel_init=nn.initializers.zeros, name=f"out{i + 1}")(x))
+            # zero read-out: o = 0 at first, so Optim4RL is exactly sign-SGD, -lr sign(g), the others SGD; flax's
+            # default (the authors') is close to that while the states are small, and lets meta-gradients reach the GRUs
+            init = nn.initializers.zeros if self.zero_readout else nn.initializers.lecun_normal()
+            outputs.append(nn.Dense(num_outputs, kernel_init=init, name=f"out{i + 1}")(x))
             states.append(state)
         return jnp.stack(states, 1), jnp.concatenate(outputs, -1)
 
@@ -275,7 +283,8 @@ def parameter_update(architecture, g, o, learning_rate):
 
 
 def optimizer_network(config):
-    return LearnedOptimizer(config.architecture, config.gru_size, tuple(config.mlp_sizes), config.gradient_processing)
+    return LearnedOptimizer(config.architecture, config.gru_size, tuple(config.mlp_sizes), config.gradient_processing,
+                            config.zero_readout)
 
 
 def rematerialised(apply, chunk):
@@ -323,7 +332,7 @@ def make_optimizer_fn(config):
 
 
 def init_meta_params(config, rng):
-    """The meta-parameters that meta-training with key `rng` starts from (zero read-outs: sign-SGD)."""
+    """The meta-parameters that meta-training with key `rng` starts from (near sign-SGD; exactly with zero_readout)."""
     num_grus = len(ARCHITECTURES[config.architecture])
     return optimizer_network(config).init(jax.random.fold_in(rng, 1), jnp.zeros((1, num_grus, config.gru_size)),
                                           jnp.zeros(1))
@@ -481,58 +490,54 @@ def _meta_training(config):
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, config, state):
-    """The whole meta-state and the config in one .npz, written to a temporary file and renamed (atomic)."""
-    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".tmp", delete=False) as f:
-        np.savez(f, config=json.dumps(asdict(config)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    """The whole meta-state and the config, in the repo's one checkpoint format (ppo.save_checkpoint)."""
+    ppo.save_checkpoint(path, {"config": json.dumps(asdict(config)), "optim4rl_state": serialization.to_state_dict(
+        jax.tree.map(np.asarray, state))})
 
 
 def checkpoint_path(path):
-    return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
+    return os.path.join(path, "checkpoint.msgpack") if os.path.isdir(path) else path
+
+
+def read_checkpoint(path):
+    """(config, payload) of a checkpoint or its run dir; a damaged file is named (ppo.load_checkpoint)."""
+    payload = ppo.load_checkpoint(checkpoint_path(path))
+    if payload is None or "optim4rl_state" not in payload:
+        raise ValueError(f"no optim4rl_metagrad.py checkpoint at {path!r}")
+    saved = json.loads(payload["config"])
+    tuples = ("mlp_sizes", "tasks", "task_lrs", "eval_baseline_lrs")
+    return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in tuples if n in saved}}), payload
 
 
 def is_checkpoint(path):
     """Whether `path` is a checkpoint of this script or a run dir holding one."""
-    return os.path.isfile(checkpoint_path(path)) and checkpoint_path(path).endswith(".npz")
-
-
-def read_config(path):
-    with np.load(checkpoint_path(path)) as data:
-        saved = json.loads(str(data["config"]))
-    tuples = ("mlp_sizes", "tasks", "task_lrs", "eval_baseline_lrs")
-    return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in tuples if n in saved}})
+    try:
+        return os.path.exists(checkpoint_path(path)) and bool(read_checkpoint(path))
+    except ValueError:
+        return False
 
 
 def load_state(path, config):
     """The meta-state in a checkpoint written with `config`'s architecture and training settings; anything else is
     refused with the differing fields named, before anything compiles."""
-    saved = read_config(path)
+    saved, payload = read_checkpoint(path)
     for names, what in ((ARCHITECTURE_FIELDS, "another architecture"),
                         ([f.name for f in fields(config) if f.name not in RUN_FIELDS + MEMORY_FIELDS],
                          "other training settings")):
-        diff = {n: (getattr(saved, n), getattr(config, n)) for n in names if getattr(saved, n) != getattr(config, n)}
-        if diff:
-            raise ValueError(f"checkpoint {path} is of {what}: " + ", ".join(
-                f"{n} = {s!r} there, {c!r} here" for n, (s, c) in diff.items()))
+        ppo.refuse_other(f"checkpoint {path}", what, {n: getattr(saved, n) for n in names},
+                         {n: getattr(config, n) for n in names})
     template = jax.eval_shape(make_meta_training(config).init_state, jax.random.PRNGKey(config.seed))
-    leaves, treedef = jax.tree.flatten(template)
-    with np.load(checkpoint_path(path)) as data:
-        arrays = [data[f"leaf_{i}"] for i in range(len(leaves))]
-    if [a.shape for a in arrays] != [x.shape for x in leaves]:
+    state = serialization.from_state_dict(template, payload["optim4rl_state"])
+    if [np.shape(a) for a in jax.tree.leaves(state)] != [x.shape for x in jax.tree.leaves(template)]:
         raise ValueError(f"checkpoint {path} does not fit the meta-state of its config")
-    return jax.tree.unflatten(treedef, [jnp.asarray(a, x.dtype) for a, x in zip(arrays, leaves)])
+    return jax.tree.map(lambda a, x: jnp.asarray(a, x.dtype), state, template)
 
 
 def learned_optimizer(path, learning_rate=None):
     """(optimizer_fn, optimizer_params) of the learned optimizer in checkpoint `path` (or its run dir), ready for
     `ppo.make_train(config, optimizer_fn)` or `a2c.make_train`: `train(rng, optimizer_params)`. The learning rate of
     eq. 2 defaults to the checkpoint's agent_lr."""
-    if not os.path.isfile(checkpoint_path(path)):
-        raise ValueError(f"no checkpoint at {path!r}")
-    config = read_config(path)
+    config, _ = read_checkpoint(path)
     meta_params = load_state(path, config).meta_params
     lr = config.agent_lr if learning_rate is None else learning_rate
     return make_optimizer_fn(replace(config, remat=False)), {"meta": meta_params, "learning_rate": jnp.float32(lr)}
@@ -542,8 +547,8 @@ def meta_train(config):
     """Meta-train in chunks of `checkpoint_every` meta-steps, resuming from run_dir's checkpoint if there is one."""
     validate(config)
     os.makedirs(config.run_dir, exist_ok=True)
-    path = os.path.join(config.run_dir, "checkpoint.npz")
-    state = load_state(path, config) if os.path.exists(path) else None
+    path = os.path.join(config.run_dir, "checkpoint.msgpack")
+    state = load_state(path, config) if os.path.exists(path) or os.path.exists(f"{path}.prev") else None
     training = make_meta_training(config)
     state = training.init_state(jax.random.PRNGKey(config.seed)) if state is None else state
     if int(state.step):
@@ -567,19 +572,11 @@ def meta_train(config):
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-def confidence_interval(values, level=0.90):
-    """Mean over seeds (axis 0) and the half-width of its Student-t interval, t_{(1 + level) / 2, N - 1} * std /
-    sqrt(N) with the sample std (Sec. 6: 90% confidence intervals over 10 runs)."""
-    values = np.asarray(values, np.float64)
-    half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(0, ddof=1) / np.sqrt(len(values))
-    return values.mean(0), half
-
-
 def evaluate(config, meta_params, out_dir):
     """Train fresh agents on the evaluation env (A2C; PPO on Brax, Sec. 6.2) with the learned optimizer, the untrained
-    one (sign-SGD), Adam and RMSprop, N seeds each, the learned ones at the agent lr (eval_agent_config), the
-    hand-designed ones at it too or at each of eval_baseline_lrs; print the mean final return with 90% CIs, plot the
-    training curves and write both next to the checkpoint."""
+    one, Adam and RMSprop, `eval_seeds` seeds each (ppo.compare, with the paper's 90% t-intervals, Sec. 6): the
+    learned ones at the agent lr (eval_agent_config), the hand-designed ones at it too or at each of
+    eval_baseline_lrs. Writes eval_<env>.md, .json and .png in out_dir."""
     validate(config)
     agent_cfg = eval_agent_config(config)
     algorithm = eval_algorithm(config)
@@ -593,50 +590,19 @@ def evaluate(config, meta_params, out_dir):
         for baseline_lr in config.eval_baseline_lrs or (agent_cfg.learning_rate,):
             name = f"{label} (lr {baseline_lr:g})" if config.eval_baseline_lrs else label
             runs[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
-    seeds = jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds))
-    print(f"\n{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps x "
-          f"{config.eval_seeds} seeds, lr {agent_cfg.learning_rate} (Adam, RMSprop: "
-          f"{config.eval_baseline_lrs or 'the same'}); final return = mean over {agent_cfg.eval_episodes} episodes")
-    results, trains = {}, {}  # one compiled program per optimizer function
-    for name, (fn, optimizer_params) in runs.items():
-        start = time.time()
-        train = trains.setdefault(fn, jax.jit(jax.vmap(make_train(agent_cfg, fn), in_axes=(0, None))))
-        out = train(seeds, optimizer_params)
-        final, curve = np.asarray(out["final_return"]), np.asarray(out["metrics"]["episode_return"])
-        mean, half = confidence_interval(final)
-        results[name] = {"final_returns": final.tolist(), "mean": mean, "ci90": half, "curve": curve}
-        print(f"  {name:20s} mean final return {mean:6.3f} +- {half:.3f} (90% CI)   ({time.time() - start:.0f} s)")
-    name = os.path.join(out_dir, f"eval_{agent_cfg.env_name}")
-    plot_curves(results, steps_per_update(agent_cfg), agent_cfg.env_name, name + ".png")
-    with open(name + ".json", "w") as f:
-        json.dump({k: {m: v for m, v in r.items() if m != "curve"} for k, r in results.items()}, f, indent=1)
-    print(f"  curves: {name}.png")
-    return results
-
-
-def plot_curves(results, update_steps, env_name, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in results.items():
-        curve = r["curve"]  # (seeds, updates): each seed's latest completed episode return
-        steps = np.arange(1, curve.shape[1] + 1) * update_steps
-        ok = np.isfinite(curve).all(0)
-        mean, half = confidence_interval(curve[:, ok])
-        ax.plot(steps[ok], mean, label=name)
-        ax.fill_between(steps[ok], mean - half, mean + half, alpha=0.2)
-    ax.set(xlabel="env steps", ylabel="training return", title=f"{env_name} (mean, 90% CI)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    trains = {fn: ppo.on_levels(make_train(agent_cfg, fn), agent_cfg.env_name) for fn, _ in runs.values()}
+    return ppo.compare({name: (trains[fn], params) for name, (fn, params) in runs.items()},
+                       jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds)),
+                       steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),
+                       f"{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps, lr "
+                       f"{agent_cfg.learning_rate} (Adam, RMSprop: {config.eval_baseline_lrs or 'the same'})",
+                       t_level=0.90)
 
 
 def main(config):
     validate(config)
     if config.eval:
-        trained = read_config(config.eval)
+        trained, _ = read_checkpoint(config.eval)
         config = replace(trained, **{n: getattr(config, n) for n in EVAL_FIELDS})
         validate(config)
         state = load_state(config.eval, trained)

@@ -166,7 +166,8 @@ def test_optim4rl_by_es_runs_at_a_tenth_of_tuned_adams_learning_rate(tmp_path):
     grads = {"w": jnp.array([0.3, -2.0, 1e-4])}
     for learning_rate, expected in ((1e-3, 1e-3), (0.0, 0.1 * es.ppo.learning_rate)):  # 0: older files
         optimizer_fn, meta_params = baselines.optim4rl_by_es(replace(es, optim4rl_learning_rate=learning_rate))
-        reference_config = optim4rl_metagrad.Optim4RLConfig(gru_size=8, mlp_sizes=(16, 16))
+        reference_config = optim4rl_metagrad.Optim4RLConfig(gru_size=8, mlp_sizes=(16, 16), gradient_processing=True,
+                                                             zero_readout=True)
         reference = optim4rl_metagrad.make_optimizer_fn(reference_config)({"meta": meta_params,
                                                                            "learning_rate": expected})
         optimizer = optimizer_fn(meta_params)
@@ -187,7 +188,8 @@ def test_learned_optimizer_loads_shipped_and_baseline_files_for_ppo(tmp_path):
                        open_es.init_meta_params(config, jax.random.PRNGKey(0)))
         files.append(str(tmp_path / f"{optimizer}.msgpack"))
         ppo.write_atomic(files[-1], open_es.serialization.msgpack_serialize(
-            {"config": json.dumps(asdict(config)), "meta_params": open_es.serialization.to_state_dict(meta_params)}))
+            {"config": json.dumps(asdict(config)), "inputs": json.dumps(open_es.INPUTS),
+             "meta_params": open_es.serialization.to_state_dict(meta_params)}))
     params, grads = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}, {"w": jnp.linspace(0.1, 0.6, 6).reshape(3, 2)}
     for path in files:
         _, optimizer_fn, optimizer_params = baselines.load_learned(path)
