@@ -304,15 +304,13 @@ def plot_iqm(estimates, path):
     """IQM and mean with their 95% CIs (rliable's interval plot)."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from rliable import plot_utils
     names = list(estimates)
     points = {n: estimates[n][:, 0] for n in names}
     intervals = {n: estimates[n][:, 1:].T for n in names}
     fig, _ = plot_utils.plot_interval_estimates(points, intervals, ["IQM", "Mean"], names,
-                                                xlabel="final return / tuned Adam's mean")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+                                                xlabel="final return / tuned Adam's mean", xlabel_y_coordinate=-0.8)
+    ppo.save_figure(fig, path)
 
 
 def main(config):

@@ -628,9 +628,7 @@ def plot_fitness(history, path):
     ax.plot(history["eval_generation"], history["eval_return"], "o-", label="ES mean, held-out seeds")
     ax.set(xlabel="generation", ylabel="final return", title="OPEN meta-training")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ppo.save_figure(fig, path)
 
 
 def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):

@@ -40,6 +40,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal ini
 import argparse
 import functools
 import importlib.util
+import io
 import json
 import time
 import warnings
@@ -671,6 +672,15 @@ def tuned_settings(path, env_name, optimizers):
     return {name: by_env[env_name]["optimizers"][name] for name in optimizers}
 
 
+def save_figure(fig, path):
+    """A matplotlib figure as a PNG, written atomically (write_atomic), then closed."""
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png", bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
 # ----------------------------------------------------------------------------------------------- comparisons
 def on_levels(train, env_name):
     """`run(key, optimizer_params)`: `train` on a level of the gridworld distribution `env_name` drawn from the key
@@ -769,10 +779,7 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
                                                 labelsize="medium", ticklabelsize="small")
         ax.set_title(title, fontsize="medium")
         ax.legend(fontsize="small")
-        fig.tight_layout()
-        fig.savefig(f"{out_path}.png.tmp", dpi=100, format="png")
-        plt.close(fig)
-        os.replace(f"{out_path}.png.tmp", f"{out_path}.png")
+        save_figure(fig, f"{out_path}.png")
     print("\n" + table + f"({out_path}.md, .json, .png)", flush=True)
     return results
 

@@ -190,13 +190,6 @@ def plot_curve(ax, steps, values, label, **style):
     ax.fill_between(steps, mean - se, mean + se, alpha=0.2, color=line.get_color())
 
 
-def save_figure(fig, path):
-    """Atomic: write a temporary file, then rename it over `path`."""
-    fig.tight_layout()
-    fig.savefig(f"{path}.tmp", dpi=100, format="png")
-    os.replace(f"{path}.tmp", path)
-
-
 def plot_all(runs, config, out_dir):
     """The four PNGs of the module docstring; returns their paths."""
     import matplotlib
@@ -215,8 +208,7 @@ def plot_all(runs, config, out_dir):
     ax.set(xlabel="environment steps", ylabel="fraction of dormant neurons (tau = 0)",
            title=f"F.1 dormancy of the actor: {title}")
     ax.legend()
-    save_figure(fig, paths["dormancy"])
-    plt.close(fig)
+    ppo.save_figure(fig, paths["dormancy"])
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True)
     panels = [("gradient", lambda s: s["cos_gradient"])] + [
@@ -233,8 +225,7 @@ def plot_all(runs, config, out_dir):
     axes.flat[0].legend()
     axes.flat[-1].axis("off")
     fig.suptitle(f"F.2 cosine similarity of the update with the gradient and momenta: {title}")
-    save_figure(fig, paths["cosine_similarity"])
-    plt.close(fig)
+    ppo.save_figure(fig, paths["cosine_similarity"])
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (suffix, over) in zip(axes, (("", "mean (App. F.3)"), ("_median", "median"))):
@@ -246,8 +237,7 @@ def plot_all(runs, config, out_dir):
         ax.set(xlabel="environment steps", ylabel=f"{over} over parameters of |update_i / p_i|", yscale="log")
     axes[0].legend()
     fig.suptitle(f"F.3 normalised non-stochastic update: {title}")
-    save_figure(fig, paths["update_magnitude"])
-    plt.close(fig)
+    ppo.save_figure(fig, paths["update_magnitude"])
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, (suffix, over) in zip(axes, (("", "mean (App. F.4)"), ("_median", "median"))):
@@ -257,8 +247,7 @@ def plot_all(runs, config, out_dir):
     axes[2].set(xlabel="environment steps", ylabel="||noise part|| / ||update||",
                 title="share of the actor's update that is noise")
     fig.suptitle(f"F.4 learned stochasticity: {title}")
-    save_figure(fig, paths["stochasticity"])
-    plt.close(fig)
+    ppo.save_figure(fig, paths["stochasticity"])
     return list(paths.values())
 
 
@@ -305,9 +294,7 @@ def main(config):
     os.makedirs(config.out_dir, exist_ok=True)
     paths = plot_all(runs, config, config.out_dir)
     text = summary(runs, config, seconds)
-    with open(os.path.join(config.out_dir, "summary.md.tmp"), "w") as f:
-        f.write(text)
-    os.replace(os.path.join(config.out_dir, "summary.md.tmp"), os.path.join(config.out_dir, "summary.md"))
+    ppo.write_atomic(os.path.join(config.out_dir, "summary.md"), text)
     print(text)
     print("plots: " + ", ".join(paths))
     return runs
