@@ -291,7 +291,8 @@ def report(config, tuned_path):
              for n in names}, config.bootstrap_reps, config.seed)
         cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
         sections.append("\n".join([f"## All tasks, final return / tuned Adam's mean ({config.bootstrap_reps} "
-                                   f"stratified bootstrap resamples)", "", "| optimizer | IQM | mean |", "|---|---|---|"]
+                                   f"stratified bootstrap resamples)", "", "| optimizer | IQM | mean |",
+                                   "|---|---|---|"]
                                   + [f"| {n} | {cell(e[0])} | {cell(e[1])} |" for n, e in estimates.items()]) + "\n")
         plot_iqm(estimates, os.path.join(config.out_dir, "iqm.png"))
     table = "\n".join(sections)

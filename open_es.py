@@ -520,7 +520,8 @@ def load_optimizer(path):
                          f"optimizer: baselines.py evaluates it (--learned {path})")
     if json.loads(payload.get("inputs", "[]")) != list(INPUTS):
         raise ValueError(f"{path} was written before this repo followed the authors' input order; meta-train anew")
-    return config, serialization.from_state_dict(init_meta_params(config, jax.random.PRNGKey(0)), payload["meta_params"])
+    template = init_meta_params(config, jax.random.PRNGKey(0))
+    return config, serialization.from_state_dict(template, payload["meta_params"])
 
 
 def learned_optimizer(path):
@@ -659,8 +660,9 @@ def generalisation(config, optimizer_fn, meta_params, out_dir):
     for level in GRID_EVAL_LEVELS:
         for setting, ppo_config in settings:
             ppo_config = replace(ppo_config, env_name=level, eval_max_steps=max_horizon(level))
-            learned, adam = (r["final"] for r in versus_adam(config, optimizer_fn, meta_params, ppo_config, os.path.join(
-                out_dir, "generalisation", f"{level}_{setting.replace(' ', '_')}")).values())
+            out_path = os.path.join(out_dir, "generalisation", f"{level}_{setting.replace(' ', '_')}")
+            learned, adam = (r["final"] for r in versus_adam(config, optimizer_fn, meta_params, ppo_config,
+                                                             out_path).values())
             lines.append(f"| {level} | {setting} | {aggregate_iqm(learned[:, None] / adam.mean()):.3f} | "
                          f"{adam.mean():.3f} |")
             print(lines[-1], flush=True)

@@ -38,7 +38,6 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_F
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
 # threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import argparse
-import functools
 import importlib.util
 import io
 import json
@@ -115,8 +114,8 @@ MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minib
 # Adam 3e-4 after an element-wise clip of 1 (configs/ppo_*.json "grad_clip"; lopt_rl_grid_*.json the same PPO);
 # evaluated over 128 episodes (its acting.Evaluator).
 # Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below. Unlike
-# Brax: the normalisation (gridworld.NormalizedEnvs), advantages computed once per rollout rather than per minibatch with the
-# current values, minibatches of steps rather than of unrolls, and a time limit bootstrapped rather than left out.
+# Brax: the normalisation (gridworld.NormalizedEnvs), advantages computed once per rollout rather than per minibatch
+# with the current values, minibatches of steps rather than of unrolls, and a time limit bootstrapped, not left out.
 BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
                 critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True, gamma=0.97,
                 gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, grad_clip_mode="elementwise",
