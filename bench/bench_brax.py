@@ -109,7 +109,7 @@ def main():
     parser.add_argument("--num-envs", type=int, default=None, help="default: the preset's")
     parser.add_argument("--eval-episodes", type=int, default=128, help="Brax's default num_eval_envs")
     args = parser.parse_args()
-    config = replace(ppo.PPOConfig(), **ppo.PRESETS[args.preset], log_every=0, eval_episodes=args.eval_episodes)
+    config = replace(ppo.PPOConfig(), **dict(ppo.PRESETS[args.preset], log_every=0, eval_episodes=args.eval_episodes))
     config = replace(config, env_name=args.env or config.env_name, num_envs=args.num_envs or config.num_envs)
     if not config.unroll_length or config.env_name not in gridworld.BRAX_ENVS:
         raise SystemExit(f"--preset {args.preset} / --env {config.env_name}: need a preset of Brax's PPO "
