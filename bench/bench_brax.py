@@ -7,6 +7,7 @@ load average before and after.
     python bench/bench_brax.py                                     # Ant, 5M steps, 5 seeds
     python bench/bench_brax.py --preset humanoid_optim4rl --steps 5000000
     python bench/bench_brax.py --steps 20000 --num-envs 64 --seeds 2 --eval-episodes 4    # a smoke run
+    python bench/bench_brax.py --no-grad-clip --only ppo     # ppo.py unclipped, as Brax's trainer runs here
 
 Compile time: the wall time spent tracing, lowering and compiling (the union of JAX's compile events). ppo.py
 compiles its whole run once and reuses it for every seed; Brax's trainer builds new functions on every call, so it
@@ -108,9 +109,14 @@ def main():
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--num-envs", type=int, default=None, help="default: the preset's")
     parser.add_argument("--eval-episodes", type=int, default=128, help="Brax's default num_eval_envs")
+    parser.add_argument("--no-grad-clip", action="store_true",
+                        help="ppo.py without the preset's gradient clip, as Brax's trainer runs here")
+    parser.add_argument("--only", choices=("ppo", "brax"), default=None, help="run one trainer (default: both)")
     args = parser.parse_args()
     config = replace(ppo.PPOConfig(), **dict(ppo.PRESETS[args.preset], log_every=0, eval_episodes=args.eval_episodes))
     config = replace(config, env_name=args.env or config.env_name, num_envs=args.num_envs or config.num_envs)
+    if args.no_grad_clip:
+        config = replace(config, grad_clip_mode="global_norm", max_grad_norm=float("inf"))
     if not config.unroll_length or config.env_name not in gridworld.BRAX_ENVS:
         raise SystemExit(f"--preset {args.preset} / --env {config.env_name}: need a preset of Brax's PPO "
                          "(unroll_length > 0, e.g. ant_optim4rl, humanoid_optim4rl) and a Brax env")
@@ -119,13 +125,15 @@ def main():
     ppo.validate(config)
     seeds = range(args.seeds)
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    results = {"ppo.py + Adam": train_ppo(config, seeds), "brax ppo.train": train_brax(config, seeds)}
+    trainers = {"ppo": ("ppo.py + Adam", train_ppo), "brax": ("brax ppo.train", train_brax)}
+    results = {name: fn(config, seeds) for key, (name, fn) in trainers.items() if args.only in (None, key)}
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     print(f"\n{config.env_name} ({config.brax_backend} backend), ppo.py preset {args.preset}: "
           f"{config.total_timesteps:,} env steps x {args.seeds} seeds, {config.num_envs} envs x {config.num_steps} "
           f"steps per update ({config.unroll_length}-step unrolls), {config.update_epochs} epochs x "
-          f"{config.num_minibatches} minibatches; final return over {config.eval_episodes} episodes; "
+          f"{config.num_minibatches} minibatches; ppo.py's gradient clip: {config.grad_clip_mode} "
+          f"{config.max_grad_norm}; final return over {config.eval_episodes} episodes; "
           f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
     print(f"{'':16s} {'final return: mean [95% CI]':>35s} {'compile s':>10s} {'env steps/s':>12s}")
     for name, (returns, times) in results.items():
