@@ -35,7 +35,6 @@ from dataclasses import replace
 
 import jax
 import numpy as np
-import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gridworld  # noqa: E402
@@ -58,13 +57,6 @@ def timed(fn):
         compiling += max(0.0, end - max(begin, reached))
         reached = max(reached, end)
     return out, wall, compiling
-
-
-def interval(values, level=0.95):
-    """Mean and Student-t confidence interval over seeds."""
-    values = np.asarray(values, np.float64)
-    half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return values.mean(), values.mean() - half, values.mean() + half
 
 
 def train_ppo(config, seeds):
@@ -137,7 +129,8 @@ def main():
           f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
     print(f"{'':16s} {'final return: mean [95% CI]':>35s} {'compile s':>10s} {'env steps/s':>12s}")
     for name, (returns, times) in results.items():
-        mean, low, high = interval(returns)
+        mean, half = ppo.t_interval(returns, 0.95)  # Student-t interval over seeds
+        low, high = mean - half, mean + half
         compiling = times[0][1] if name.startswith("ppo.py") else np.mean([c for _, c in times])
         speed = config.total_timesteps / np.mean([wall - c for wall, c in times])
         print(f"{name:16s} {mean:14.1f} [{low:8.1f}, {high:8.1f}] {compiling:10.1f} {speed:12,.0f}")
