@@ -334,7 +334,9 @@ def open_optimizer(config):
             inputs = optimizer_inputs(grad, momenta, flat(params, jnp.zeros_like(grad)), [g.size for g in leaves],
                                       jnp.float32(training_proportion), jnp.float32(batch_proportion),
                                       flat(dormancy, jnp.ones_like(grad)), flat(layer_proportion, jnp.ones_like(grad)))
-            inputs, actor = inputs[:, columns], flat(actor_mask, jnp.zeros_like(grad))
+            if len(columns) < NUM_INPUTS:  # ablations only: the column gather cost 5-10% of an update
+                inputs = inputs[:, columns]
+            actor = flat(actor_mask, jnp.zeros_like(grad))
             if config.separated:
                 (actor_hidden, actor_out), (critic_hidden, critic_out) = (
                     network.apply(meta_params[name], state["hidden"], inputs) for name in ("actor", "critic"))
