@@ -95,6 +95,9 @@ class OpenConfig:
     alpha3: float = 1e-3  # noise scale (eq. 8)
     population_size: int = 16  # ES population (Table 7: 64; Ant 32); even, for antithetic sampling
     num_rollouts: int = 1  # PPO seeds per member and generation (Table 7: 1)
+    # Members trained at once (vmapped) on each device, the batches one after another (jax.lax.map); the returns are
+    # the same. 0: 16 on a CPU, where 32 or 64 at once ran on one core (half the speed, bench_open.py), else all.
+    member_batch: int = 0
     # ES noise std. Table 7: MinAtar 0.03, Ant and gridworld 0.01 (the presets); larger for the CPU default, so that
     # a 16-member population behaves distinctly from its first generations.
     sigma_init: float = 0.1
@@ -177,6 +180,8 @@ def validate(config, learned=False):
                  "eval_seeds"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.member_batch < 0:
+        raise ValueError(f"member_batch must be 0 (automatic) or positive, got {config.member_batch}")
     if config.eval and not os.path.isfile(config.eval):
         raise ValueError(f"no learned optimizer at eval path {config.eval!r}")
     if config.optimizer not in OPTIMIZERS and not learned:
@@ -463,9 +468,12 @@ def make_scores(config, optimizer_fn):
 
 
 def make_member_returns(config, optimizer_fn):
-    """Each member's mean score over `num_rollouts` PPO seeds drawn from its key."""
+    """Each member's mean score over `num_rollouts` PPO seeds drawn from its key, `member_batch` members at once."""
     scores = make_scores(config, optimizer_fn)
-    return jax.vmap(lambda meta_params, key: scores(meta_params, jax.random.split(key, config.num_rollouts)).mean())
+    batch = config.member_batch or (16 if jax.default_backend() == "cpu" else None)
+    return lambda population, keys: jax.lax.map(
+        lambda member: scores(member[0], jax.random.split(member[1], config.num_rollouts)).mean(), (population, keys),
+        batch_size=batch)
 
 
 # ----------------------------------------------------------------------------------------------- files

@@ -166,6 +166,25 @@ def test_a_nan_member_ranks_last_and_is_counted():
     assert float(open_es.es_fitness(jnp.array([jnp.inf]))[0]) == np.inf  # +inf return is not "best" either
 
 
+def test_members_in_batches_score_as_all_at_once():
+    """member_batch only changes how many members train at once: each member's return is its own, and one PPO run
+    per member (a plain loop) gives the same."""
+    config = replace(TINY, population_size=6)
+    optimizer_fn = open_es.open_optimizer(config)
+    meta = open_es.init_meta_params(config, jax.random.PRNGKey(0))
+    population = jax.tree.map(lambda x: jnp.stack([x + 0.3 * i for i in range(6)]), meta)
+    keys = jax.random.split(jax.random.PRNGKey(3), 6)
+    returns = {batch: np.asarray(jax.jit(open_es.make_member_returns(replace(config, member_batch=batch),
+                                                                       optimizer_fn))(population, keys))
+               for batch in (1, 4, 6)}
+    scores = jax.jit(open_es.make_scores(config, optimizer_fn))
+    loop = [float(scores(jax.tree.map(lambda x: x[i], population), jax.random.split(keys[i], 1)).mean())
+            for i in range(6)]
+    assert len(set(loop)) > 1  # the members differ, so a mix-up would show
+    for batch, values in returns.items():
+        np.testing.assert_allclose(values, loop, atol=1e-6, err_msg=f"member_batch {batch}")
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     full = replace(TINY, out_dir=str(tmp_path / "full"))
     _, history = open_es.meta_train(full)
@@ -231,6 +250,7 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, 
     (dict(tasks=("Catch-bsuite",), adam_returns=(-1.0,)), "must be positive"),
     (dict(es_init="normal"), "unknown es_init 'normal'; valid: random, zeros"),
     (dict(es_b1=1.0), r"es_b1 must be in \[0, 1\), got 1.0"),
+    (dict(member_batch=-1), "member_batch must be 0 .automatic. or positive, got -1"),
     (dict(ppo=replace(open_es.CATCH, time_limit="ignore")), "unknown time_limit 'ignore'; valid: bootstrap, terminal"),
 ])
 def test_bad_input_is_refused(change, message):
