@@ -77,10 +77,11 @@ class Optim4RLConfig:
     meta_lr: float = 1e-2  # Adam meta-lr: the top of meta_rl_catch.json's sweep {1e-4, ..., 1e-2}, best in 78 steps
     meta_grad_clip: float = 0.5  # clip of the meta-gradient: global norm 0.5 or element-wise 1.0 (meta_rl_*.json)
     meta_grad_clip_mode: str = "global_norm"  # "global_norm" or "elementwise" (the authors' grad_norm / grad_clip)
-    # Rematerialise the optimizer network in backprop; off: keep its activations (Catch, 10 meta-steps, 2-core CPU:
-    # 1.16 s a meta-step and 1.76 GiB peak with it, 1.27 s and 3.90 GiB without; bench_optim4rl.py --plain)
+    # Rematerialise the optimizer network in backprop, `remat_chunk` parameters at a time; off: keep its activations.
+    # Catch on a 2-core CPU (bench_optim4rl.py): off 1.27 s a meta-step and 3.90 GiB peak; on, its 14,084 parameters
+    # in one chunk 1.00-1.10 s and 2.1 GiB, in chunks of 4,096 1.16 s and 1.7-1.8 GiB. The big presets keep 4,096.
     remat: bool = True
-    remat_chunk: int = 4096  # with remat: parameters per chunk whose GRU/MLP activations are held at once
+    remat_chunk: int = 16_384
     unit_chunk: int = 0  # backprop through this many units at a time, one chunk after another (0: all at once)
     checkpoint_every: int = 50  # K: meta-steps per compiled chunk; a progress line and a checkpoint after each
     run_dir: str = "runs/optim4rl_catch"  # checkpoint.msgpack (meta-state + this config) and evaluation outputs
@@ -98,7 +99,7 @@ class Optim4RLConfig:
 # m from {72, 144, 288, 576}; evaluated over a2c.py's 3e7-step, 512-env gridworld runs (lopt_rl_*.json), Adam and
 # RMSprop at each lr of a2c_grid.json.
 GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
-                 unit_chunk=64, eval_timesteps=30_000_000, meta_lr=3e-3,
+                 remat_chunk=4096, unit_chunk=64, eval_timesteps=30_000_000, meta_lr=3e-3,
                  eval_baseline_lrs=(3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4))
 # meta_rl_grid.json: the agent lr of each of the six gridworlds.
 SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3,
@@ -107,7 +108,7 @@ SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_s
 # [64] * 5): 2048 envs in all, as 16 vmapped units of 128 envs; m from {32, ..., 512}; evaluated with the *_optim4rl
 # presets over 1e8-step runs (lopt_rl_grid_{ant,humanoid}.json "train_steps").
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
-            checkpoint_every=10, unit_chunk=4, eval_timesteps=100_000_000, meta_lr=3e-3)
+            checkpoint_every=10, remat_chunk=4096, unit_chunk=4, eval_timesteps=100_000_000, meta_lr=3e-3)
 PRESETS = {
     "default": {},
     "catch": {},  # meta_rl_catch.json: 64 units of one env, agent lr 1e-3, m = 32 (or 64), global-norm clip 0.5
