@@ -55,9 +55,8 @@ def ours(populations):
               for name in ("Adam", "OPEN")}
     generations = re.findall(r"ES generation, population\s+(\d+):\s+([0-9.]+) s,\s+([0-9,]+)", out)
     out, rss = run([sys.executable, "bench/bench_optim4rl.py", "--updates", "0"])
-    meta = float(re.search(r"meta-step\s+:\s+([0-9.]+) s \(([0-9,]+)", out).group(1))
-    meta_steps = float(re.search(r"meta-step\s+:\s+[0-9.]+ s \(([0-9,]+)", out).group(1).replace(",", ""))
-    return speeds, generations, (meta, meta_steps, rss)
+    seconds, steps = re.search(r"meta-step\s+:\s+([0-9.]+) s \(([0-9,]+)", out).groups()
+    return speeds, generations, (float(seconds), float(steps.replace(",", "")), rss)
 
 
 def anchors(drivers, built, purejaxrl):
