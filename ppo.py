@@ -86,6 +86,8 @@ class PPOConfig:
     grad_clip_mode: str = "global_norm"  # "global_norm" per network (OPEN) or "elementwise" (Optim4RL)
     clip_value_loss: bool = True  # PureJaxRL's and OPEN's clipped value loss; Brax's PPO does not clip it
     unroll_length: int = 0  # 0: GAE over the whole rollout; n: Brax's PPO's advantages over n-step unrolls (gae)
+    minibatch_gae: bool = False  # Brax's PPO: minibatches of whole unrolls, GAE recomputed in each with the current
+    # critic (brax losses.py compute_ppo_loss); False: advantages and targets computed once per rollout
     reward_scale: float = 1.0  # rewards are multiplied by this for learning (returns are reported unscaled)
     optimizer: str = "adam"  # a hand-designed optimizer (OPTIMIZERS), used when running this file
     learning_rate: float = 2.5e-4  # its learning rate
@@ -95,7 +97,8 @@ class PPOConfig:
     anneal_lr: bool = True  # anneal the learning rate linearly to 0 over training
     eval_episodes: int = 16  # episodes of the final-policy evaluation ("final return")
     eval_max_steps: Optional[int] = None  # step cap of that evaluation (None: the env's time limit)
-    time_limit: str = "bootstrap"  # CHOICES: bootstrap through a truncation, or treat it as terminal (OPEN)
+    time_limit: str = "bootstrap"  # CHOICES: bootstrap through a truncation, treat it as terminal (OPEN), or leave
+    # the truncated step out of the loss (Brax's PPO, so Optim4RL's: "exclude")
     brax_backend: str = "spring"  # Brax physics backend: OPEN's positional, Optim4RL's spring (agents/PPO.py)
     episode_length: int = 1000  # Brax time limit (a truncation)
     num_seeds: int = 4  # seeds trained in parallel (vmapped)
@@ -113,13 +116,14 @@ MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minib
 # (make_ppo_networks' defaults), swish, lecun_uniform; spring backend; observations normalised; unclipped value loss;
 # Adam 3e-4 after an element-wise clip of 1 (configs/ppo_*.json "grad_clip"; lopt_rl_grid_*.json the same PPO);
 # evaluated over 128 episodes (its acting.Evaluator).
-# Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below. Unlike
-# Brax: the normalisation (gridworld.NormalizedEnvs), advantages computed once per rollout rather than per minibatch
-# with the current values, minibatches of steps rather than of unrolls, and a time limit bootstrapped, not left out.
+# Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below; its
+# minibatches are of whole unrolls, whose GAE is recomputed with the current critic, and a truncated step is left out
+# (losses.py compute_ppo_loss). Unlike Brax: the normalisation statistics (gridworld.NormalizedEnvs).
 BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
                 critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True, gamma=0.97,
-                gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, grad_clip_mode="elementwise",
-                max_grad_norm=1.0, learning_rate=3e-4, anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
+                gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, minibatch_gae=True,
+                time_limit="exclude", grad_clip_mode="elementwise", max_grad_norm=1.0, learning_rate=3e-4,
+                anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
 PRESETS = {
     "default": {},
     "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),
@@ -148,7 +152,7 @@ PRESETS.update({f"{name}_meta": dict(PRESETS[name], num_envs=2048, num_steps=20,
                                       update_epochs=4, critic_width=64)
                  for name in ("ant_optim4rl", "humanoid_optim4rl")})
 OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
-CHOICES = dict(time_limit=("bootstrap", "terminal"), activation=("tanh", "relu", "swish"),
+CHOICES = dict(time_limit=("bootstrap", "terminal", "exclude"), activation=("tanh", "relu", "swish"),
                kernel_init=("orthogonal", "lecun_uniform"), policy_head=("gaussian", "tanh_gaussian"),
                grad_clip_mode=("global_norm", "elementwise"))
 def validate(config):
@@ -172,6 +176,10 @@ def validate(config):
         raise ValueError(f"total_timesteps = {config.total_timesteps} is less than one batch ({batch} steps)")
     if config.unroll_length < 0 or config.unroll_length and config.num_steps % config.unroll_length:
         raise ValueError(f"unroll_length = {config.unroll_length} must be 0 or divide num_steps = {config.num_steps}")
+    if config.minibatch_gae and (not config.unroll_length or batch // config.unroll_length % config.num_minibatches):
+        raise ValueError(f"minibatch_gae needs unroll_length > 0 (got {config.unroll_length}) and the unrolls, "
+                         f"num_envs * num_steps / unroll_length = {batch // max(config.unroll_length, 1)}, to divide "
+                         f"into num_minibatches = {config.num_minibatches}")
 
 
 # ----------------------------------------------------------------------------------------------- networks
@@ -308,22 +316,25 @@ def network_context(params, activations, layer_proportions, actor_layers):
 
 
 # ----------------------------------------------------------------------------------------------- training
-def gae(rewards, values, dones, last_value, gamma, lam, unroll_length=0):
+def gae(rewards, values, dones, last_value, gamma, lam, unroll_length=0, truncated=None):
     """Generalised advantage estimation over time (axis 0) -> (advantages, value targets). `dones` (terminated or
     truncated) cuts the trace; with time_limit "bootstrap", truncated steps were already bootstrapped into their
     reward, r + gamma V(final obs). With `unroll_length` n, as Brax's PPO (losses.py compute_gae): the trace restarts
     every n steps too, each unroll bootstrapping from the value after it, and the advantage is r_t + gamma v_{t+1} -
-    V(s_t), v_{t+1} the next target (the lambda-return), V(s_{t+1}) after an unroll."""
+    V(s_t), v_{t+1} the next target (the lambda-return), V(s_{t+1}) after an unroll. With `truncated` (time_limit
+    "exclude", Brax's truncation mask), a truncated step's delta is 0: its advantage is 0 and its target its value."""
     def backward(carry, step):
         next_advantage, next_value = carry
-        reward, value, done, cut = step
-        delta = reward + gamma * next_value * (1 - done) - value
+        reward, value, done, cut, kept = step
+        delta = (reward + gamma * next_value * (1 - done) - value) * kept
         trace = (1 - done) * (1 - cut) * next_advantage
         return (delta + gamma * lam * trace, value), (delta + gamma * lam * trace, delta + gamma * trace)
 
     cuts = (jnp.arange(1, rewards.shape[0] + 1) % max(unroll_length, 1) == 0) * jnp.float32(unroll_length > 0)
+    kept = 1.0 if truncated is None else 1.0 - truncated
     _, (advantages, brax_advantages) = jax.lax.scan(backward, (jnp.zeros_like(last_value), last_value),
-                                                    (rewards, values, dones, cuts), reverse=True)
+                                                    (rewards, values, dones, cuts, jnp.broadcast_to(kept, dones.shape)),
+                                                    reverse=True)
     return brax_advantages if unroll_length else advantages, advantages + values
 
 
@@ -393,7 +404,8 @@ def make_agent(config, env_params=None):
                  config.kernel_init)
     networks = {"actor": actor, "critic": critic}
     batch_size = config.num_envs * config.num_steps
-    minibatch_size = batch_size // config.num_minibatches
+    unit = config.unroll_length if config.minibatch_gae else 1  # what minibatches are made of: steps or unrolls
+    minibatch_size = batch_size // unit // config.num_minibatches
     clip_gradient = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(
         config.max_grad_norm)
     envs = gridworld.NormalizedEnvs(env, config.num_envs, config.normalize_obs,
@@ -403,9 +415,20 @@ def make_agent(config, env_params=None):
         return critic.apply(params["critic"], obs)[0][:, 0]
 
     def loss_fn(params, batch):
+        if config.minibatch_gae:  # unrolls, (units, n, ...), flattened to steps unroll by unroll
+            units = batch["obs"].shape[0]
+            batch = {k: v if k == "bootstrap_obs" else v.reshape((units * unit,) + v.shape[2:])
+                     for k, v in batch.items()}
         actor_out, actor_activations = actor.apply(params["actor"], batch["obs"])
         value, critic_activations = critic.apply(params["critic"], batch["obs"])
         value = value[:, 0]
+        if config.minibatch_gae:  # Brax's PPO: GAE over each unroll with the current critic, time on axis 0
+            over_time = lambda x: x.reshape(units, unit).T
+            advantage, target = gae(over_time(batch["reward"]), over_time(value), over_time(batch["done"]),
+                                    value_of(params, batch["bootstrap_obs"]), config.gamma, config.gae_lambda,
+                                    unit, over_time(batch["truncated"]) if "truncated" in batch else None)
+            batch = dict(batch, **jax.lax.stop_gradient(dict(advantage=advantage.T.reshape(-1),
+                                                             target=target.T.reshape(-1))))
         pi = action_distribution(actor_out, head)
         ratio = jnp.exp(pi.log_prob(batch["action"]) - batch["log_prob"])
         advantage = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
@@ -436,20 +459,31 @@ def make_agent(config, env_params=None):
             reward = reward + config.gamma * value_of(params, info["final_observation"]) * (truncated & ~terminated)
         step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
                     reward=reward, done=(terminated | truncated).astype(jnp.float32))
+        if config.time_limit == "exclude":  # Brax's truncation mask (gae)
+            step["truncated"] = (truncated & ~terminated).astype(jnp.float32)
         if head == "tanh_gaussian":  # the entropy estimate's noise (TanhGaussian), drawn afresh for each minibatch
             step["noise"] = jax.random.normal(jax.random.fold_in(key, 1), action.shape)
         return (params, env_state, next_obs), step
 
     def rollout(params, env_state, obs, rng):
-        """`num_steps` steps of every env, flattened into one batch with GAE advantages and targets (no gradient)."""
-        (_, env_state, obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
-                                                    jax.random.split(rng, config.num_steps))
-        advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, obs),
-                                config.gamma, config.gae_lambda, config.unroll_length)
-        batch = {k: v for k, v in rollout.items() if k not in ("reward", "done")}
+        """`num_steps` steps of every env, flattened into one batch of steps with GAE advantages and targets, or with
+        minibatch_gae into a batch of unrolls, (num_envs * num_steps / n, n, ...), each with the observation after it
+        (to bootstrap from), their GAE left to the loss. No gradient."""
+        (_, env_state, last_obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
+                                                         jax.random.split(rng, config.num_steps))
+        if config.minibatch_gae:
+            def unrolls(x):  # (num_steps, num_envs, ...) -> (num_steps / n * num_envs, n, ...)
+                x = x.reshape((config.num_steps // unit, unit) + x.shape[1:])
+                return jnp.swapaxes(x, 1, 2).reshape((batch_size // unit, unit) + x.shape[3:])
+            after = jnp.concatenate([rollout["obs"][unit::unit], last_obs[None]])
+            batch = dict(jax.tree.map(unrolls, rollout), bootstrap_obs=after.reshape((-1,) + after.shape[2:]))
+            return jax.lax.stop_gradient(batch), env_state, last_obs
+        advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, last_obs),
+                                config.gamma, config.gae_lambda, config.unroll_length, rollout.get("truncated"))
+        batch = {k: v for k, v in rollout.items() if k not in ("reward", "done", "truncated")}
         batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),
                              dict(batch, advantage=advantage, target=target))
-        return jax.lax.stop_gradient(batch), env_state, obs
+        return jax.lax.stop_gradient(batch), env_state, last_obs
 
     def loss(params, batch, last_obs):
         return loss_fn(params, batch)
@@ -475,7 +509,7 @@ def make_agent(config, env_params=None):
         def epoch(carry, inputs):
             epoch_index, key = inputs
             permutation_key, minibatch_key = jax.random.split(key)
-            order = jax.random.permutation(permutation_key, batch_size)  # one sort for all fields, not one a field
+            order = jax.random.permutation(permutation_key, batch_size // unit)  # one sort for all fields
             shuffled = jax.tree.map(lambda x: x[order].reshape((config.num_minibatches, minibatch_size) + x.shape[1:]),
                                     batch)
 

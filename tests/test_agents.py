@@ -161,17 +161,25 @@ def test_deep_sea_of_any_size():
 
 @pytest.mark.parametrize("time_limit", ppo.CHOICES["time_limit"])
 def test_a_time_limit_is_bootstrapped_or_terminal(time_limit):
-    """CartPole cut at 4 steps: the return target at the cut is r + gamma V(final observation) with "bootstrap" and
-    r = 1 with "terminal" (the OPEN authors' PPO); a step that does not end an episode is unaffected by the choice."""
+    """CartPole cut at 4 steps: the return target at the cut is r + gamma V(final observation) with "bootstrap", r = 1
+    with "terminal" (the OPEN authors' PPO), and V(s) with "exclude" (Brax's PPO: advantage 0, nothing learned from
+    the step); a step that does not end an episode is unaffected by the choice."""
     config = replace(ppo.PPOConfig(), num_envs=2, num_steps=8, time_limit=time_limit)
     env_params = gridworld.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
     agent = ppo.make_agent(config, env_params)
     params, env_state, obs = agent.init(jax.random.PRNGKey(0))
     batch, _, _ = agent.rollout(params, env_state, obs, jax.random.PRNGKey(1))
-    target = np.asarray(batch["target"]).reshape(8, 2)
+    target, value = (np.asarray(batch[k]).reshape(8, 2) for k in ("target", "value"))
     if time_limit == "terminal":
         # target = advantage + value = (1 - V) + V: exact in real numbers, within float32 rounding on every CPU
         np.testing.assert_allclose(target[[3, 7]], 1.0, rtol=0, atol=1e-6)
-    else:
+    elif time_limit == "bootstrap":
         assert np.all(np.abs(target[[3, 7]] - 1.0) > 1e-4)
-    assert np.all(target[[0, 1, 2, 4, 5, 6]] > 1.5)  # 1 + gamma (...) inside an episode
+    if time_limit == "exclude":
+        np.testing.assert_array_equal(np.asarray(batch["advantage"]).reshape(8, 2)[[3, 7]], 0.0)
+        np.testing.assert_array_equal(target[[3, 7]], value[[3, 7]])
+        # the step before bootstraps from the truncated step's value, its trace cut there (Brax's compute_gae)
+        np.testing.assert_allclose(target[[2, 6]], 1.0 + config.gamma * value[[3, 7]], rtol=1e-5)
+        assert np.all(target[[0, 1, 4, 5]] > 1.5)
+    else:
+        assert np.all(target[[0, 1, 2, 4, 5, 6]] > 1.5)  # 1 + gamma (...) inside an episode
