@@ -57,6 +57,7 @@ def test_optim4rl_presets_are_braxs_ppo_as_the_authors_ran_it():
             32, 4, 64 if name.endswith("_meta") else 256, 5, "swish", "lecun_uniform"), name
         assert (c.grad_clip_mode, c.max_grad_norm, c.learning_rate, c.anneal_lr) == (
             "elementwise", 1.0, 3e-4, False)
+        assert (c.minibatch_gae, c.time_limit) == (True, "exclude")  # losses.py compute_ppo_loss, per minibatch
     for env in ("ant", "humanoid"):  # optim4rl_metagrad.py meta-trains with the _meta presets, evaluates with the rest
         config = replace(om.Optim4RLConfig(), **om.PRESETS[env])
         unit, evaluation = om.unit_agent_config(config), om.eval_agent_config(config)
@@ -72,6 +73,10 @@ def test_bad_choices_are_refused_with_the_value_and_the_valid_choices(field, val
         ppo.validate(replace(ppo.PPOConfig(), **{field: value}))
     with pytest.raises(ValueError, match="unroll_length = 3 must be 0 or divide num_steps = 128"):
         ppo.validate(replace(ppo.PPOConfig(), unroll_length=3))
+    with pytest.raises(ValueError, match=r"minibatch_gae needs unroll_length > 0 \(got 0\)"):
+        ppo.validate(replace(ppo.PPOConfig(), minibatch_gae=True))
+    with pytest.raises(ValueError, match="unroll_length = 48, to divide into num_minibatches = 128"):
+        ppo.validate(replace(ppo.PPOConfig(), minibatch_gae=True, unroll_length=8, num_minibatches=128, num_envs=3))
 
 
 def test_brax_presets_build_at_full_size():
@@ -240,6 +245,61 @@ def test_unroll_advantages_equal_braxs_compute_gae():
                                           jnp.asarray(values[piece]), jnp.asarray(next_values[start + 4]), lam, gamma)
         np.testing.assert_allclose(targets[piece], vs, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(advantages[piece], brax_advantages, rtol=1e-5, atol=1e-5)
+
+
+def test_minibatch_gae_is_braxs_ppo_loss_on_whole_unrolls():
+    """minibatch_gae and time_limit "exclude" (the Brax presets): the rollout's unrolls are each env's consecutive
+    steps with the observation after them, the same steps a flat rollout gives; and the loss of a minibatch of them,
+    after the parameters have moved, equals brax.training.agents.ppo.losses.compute_ppo_loss (the pinned brax) on
+    the same data and networks: GAE recomputed with the current critic, a truncated step masked out. On
+    inverted_pendulum cut at 12 steps, so that the unrolls hold both terminations and truncations."""
+    from types import SimpleNamespace
+
+    from brax.training import types
+    from brax.training.agents.ppo.losses import PPONetworkParams, compute_ppo_loss
+    from brax.training.distribution import NormalTanhDistribution
+
+    steps, envs, n = 40, 4, 5
+    config = preset("ant_optim4rl", env_name="inverted_pendulum", num_envs=envs, num_steps=steps, unroll_length=n,
+                    num_minibatches=2, episode_length=12, ent_coef=0.0)
+    agent = ppo.make_agent(config)
+    params, env_state, obs = agent.init(jax.random.PRNGKey(0))
+    batch, _, last_obs = jax.jit(agent.rollout)(params, env_state, obs, jax.random.PRNGKey(1))
+    flat, _, _ = jax.jit(ppo.make_agent(replace(config, minibatch_gae=False)).rollout)(
+        params, env_state, obs, jax.random.PRNGKey(1))
+    flat_obs = np.concatenate([np.asarray(flat["obs"]).reshape(steps, envs, -1), np.asarray(last_obs)[None]])
+    for k in range(steps // n):
+        for e in range(envs):
+            np.testing.assert_allclose(batch["obs"][k * envs + e], flat_obs[k * n:(k + 1) * n, e], rtol=1e-5,
+                                       atol=1e-6)
+            np.testing.assert_allclose(batch["bootstrap_obs"][k * envs + e], flat_obs[(k + 1) * n, e], rtol=1e-5,
+                                       atol=1e-6)
+    terminated = np.asarray(batch["done"] - batch["truncated"])
+    assert batch["truncated"].any() and terminated.any()
+
+    moved = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    mb = batch  # a minibatch of all 32 unrolls
+    ours, _ = agent.loss(moved, mb, last_obs)
+
+    def network(name, out):  # brax's apply(normalizer_params, params, obs) on [..., obs]
+        module = agent.networks[name]
+        return SimpleNamespace(apply=lambda _, p, o: out(module.apply(p, o.reshape(-1, o.shape[-1]))[0]).reshape(
+            o.shape[:-1] + (-1,))[..., slice(None) if name == "actor" else 0])
+    brax_ppo = SimpleNamespace(policy_network=network("actor", lambda x: x), value_network=network("critic",
+                               lambda x: x), parametric_action_distribution=NormalTanhDistribution(event_size=1))
+    old_logits = agent.networks["actor"].apply(params["actor"], mb["obs"].reshape(-1, mb["obs"].shape[-1]))[0]
+    data = types.Transition(
+        observation=mb["obs"], action=jnp.tanh(mb["action"]), reward=mb["reward"],
+        discount=1.0 - jnp.asarray(terminated),
+        next_observation=jnp.concatenate([mb["obs"][:, 1:], mb["bootstrap_obs"][:, None]], 1),
+        extras={"state_extras": {"truncation": mb["truncated"]},
+                "policy_extras": {"raw_action": mb["action"], "log_prob": mb["log_prob"],
+                                  "distribution_params": old_logits.reshape(32, n, -1)}})
+    theirs, _ = compute_ppo_loss(PPONetworkParams(policy=moved["actor"], value=moved["critic"]), None, data,
+                                 jax.random.PRNGKey(3), brax_ppo, entropy_cost=0.0, discounting=config.gamma,
+                                 reward_scaling=1.0, gae_lambda=config.gae_lambda, clipping_epsilon=config.clip_eps,
+                                 normalize_advantage=True, vf_coefficient=config.vf_coef)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
 
 
 def test_open_context_counts_log_std_as_the_actors_last_layer():
