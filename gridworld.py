@@ -446,8 +446,10 @@ class NormalizedEnvs:
     (rl_optimizer/utils.py): observations become (o - mean) / sqrt(var + 1e-8) by the RunningStats of all observations
     returned so far, and rewards are divided by sqrt(var + 1e-8) of the RunningStats of each env's discounted return
     R = r + gamma (1 - done) R (done of the same step, as there). The statistics are in the state: one program a run.
-    Brax's PPO (so Optim4RL) merges each rollout's observations once, after it, and normalises in its networks by
-    max(std, 1e-6) from count 0: nearly the same statistics, but it acts on those of the rollouts before."""
+    With `per_rollout`, as Brax's PPO (so Optim4RL's, brax/training/agents/ppo/train.py): reset and step leave the
+    statistics alone and return raw observations; the agent acts on `seen(state, obs)`, normalised by the statistics
+    of the rollouts before, and merges each rollout's observations after it (`merge`). Brax divides by max(std, 1e-6)
+    from count 0, a difference of the prior's 1e-4 weight and the 1e-8 here, far below any effect on learning."""
 
     class State(NamedTuple):
         env: object  # the envs' states
@@ -455,32 +457,44 @@ class NormalizedEnvs:
         return_stats: RunningStats
         returns: jax.Array  # each env's discounted return R
 
-    def __init__(self, env, num_envs, normalize_obs=False, reward_gamma=None):
+    def __init__(self, env, num_envs, normalize_obs=False, reward_gamma=None, per_rollout=False):
         self.env, self.num_envs, self.normalize_obs, self.reward_gamma = env, num_envs, normalize_obs, reward_gamma
+        self.per_rollout = normalize_obs and per_rollout  # merge the statistics once a rollout (`merge`)
 
     def reset(self, key, params):
         obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, self.num_envs), params)
         stats = RunningStats(jnp.zeros(obs.shape[1:]), jnp.ones(obs.shape[1:]), jnp.float32(1e-4))
-        state = self.State(env_state, stats.update(obs) if self.normalize_obs else stats,
+        state = self.State(env_state, stats.update(obs) if self.normalize_obs and not self.per_rollout else stats,
                            RunningStats(jnp.float32(0), jnp.float32(1), jnp.float32(1e-4)), jnp.zeros(self.num_envs))
-        return self.observe(state, obs), state
+        return obs if self.per_rollout else self.observe(state, obs), state
 
     def step(self, key, state, action, params):
         obs, env_state, reward, terminated, truncated, info = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(key, self.num_envs), state.env, action, params)
         state = state._replace(env=env_state)
-        if self.normalize_obs:
+        if self.normalize_obs and not self.per_rollout:
             state = state._replace(obs_stats=state.obs_stats.update(obs))
             info = dict(info, final_observation=self.observe(state, info["final_observation"]))
         if self.reward_gamma is not None:
             returns = state.returns * self.reward_gamma * (1 - (terminated | truncated)) + reward
             state = state._replace(return_stats=state.return_stats.update(returns), returns=returns)
             reward = reward / jnp.sqrt(state.return_stats.var + 1e-8)
-        return self.observe(state, obs), state, reward, terminated, truncated, info
+        return obs if self.per_rollout else self.observe(state, obs), state, reward, terminated, truncated, info
 
     def observe(self, state, obs):
         """`obs` as the agent sees it, normalised by the statistics in `state` (or as it is)."""
         return (obs - state.obs_stats.mean) / jnp.sqrt(state.obs_stats.var + 1e-8) if self.normalize_obs else obs
+
+    def seen(self, state, obs):
+        """What the agent acts on, given an observation as reset or step returned it: normalised now with
+        `per_rollout`, already normalised (or not normalised at all) otherwise."""
+        return self.observe(state, obs) if self.per_rollout else obs
+
+    def merge(self, state, observations):
+        """With `per_rollout`: the statistics with `observations` (raw, any leading axes) merged; otherwise `state`."""
+        if not self.per_rollout:
+            return state
+        return state._replace(obs_stats=state.obs_stats.update(observations.reshape(-1, observations.shape[-1])))
 
 
 def make_env(name, brax_backend="spring", episode_length=1000):

@@ -24,7 +24,10 @@ defined as in the authors' rl_optimizer/train.py):
 optimizers ignore the context and act element-wise, so one call on both networks equals one per network.
 
 `time_limit` chooses how a time limit (truncation) is handled: "bootstrap" (default) adds gamma V(final observation)
-to the reward there; "terminal", the OPEN authors' PureJaxRL PPO and the MinAtar presets, ends the return there.
+to the reward there; "terminal", the OPEN authors' PureJaxRL PPO and the MinAtar presets, ends the return there;
+"exclude", Brax's PPO and the Brax presets of Optim4RL, leaves the truncated step out (advantage 0, target V(s)).
+`minibatch_gae` (the same presets) makes minibatches of whole `unroll_length`-step unrolls and recomputes their GAE
+in the loss with the current critic, as Brax's PPO does; otherwise advantages are computed once per rollout.
 `train` reports both this repo's evaluation of the final policy ("final_return") and the authors' metric
 ("training_return": the mean over envs of each env's last completed training episode return, 0 for an env without
 one, at the end of training; rl_optimizer/train.py and eval.py).
@@ -83,6 +86,8 @@ class PPOConfig:
     policy_head: str = "gaussian"  # continuous actions: OPEN's "gaussian" or Brax's "tanh_gaussian" (TanhGaussian)
     normalize_obs: bool = False  # observations by running statistics (gridworld.NormalizedEnvs; both papers' Brax)
     normalize_reward: bool = False  # rewards / running std of the discounted return (NormalizedEnvs; OPEN's Brax)
+    normalize_per_rollout: bool = False  # Brax's PPO: observation statistics fixed during a rollout and merged after
+    # it, before learning from it; False: each observation merged as it arrives (OPEN's NormalizeObservation)
     grad_clip_mode: str = "global_norm"  # "global_norm" per network (OPEN) or "elementwise" (Optim4RL)
     clip_value_loss: bool = True  # PureJaxRL's and OPEN's clipped value loss; Brax's PPO does not clip it
     unroll_length: int = 0  # 0: GAE over the whole rollout; n: Brax's PPO's advantages over n-step unrolls (gae)
@@ -118,10 +123,10 @@ MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minib
 # evaluated over 128 episodes (its acting.Evaluator).
 # Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below; its
 # minibatches are of whole unrolls, whose GAE is recomputed with the current critic, and a truncated step is left out
-# (losses.py compute_ppo_loss). Unlike Brax: the normalisation statistics (gridworld.NormalizedEnvs).
+# (losses.py compute_ppo_loss); the observation statistics are merged once a rollout, after it (train.py).
 BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
-                critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True, gamma=0.97,
-                gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, minibatch_gae=True,
+                critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True,
+                normalize_per_rollout=True, gamma=0.97, gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, minibatch_gae=True,
                 time_limit="exclude", grad_clip_mode="elementwise", max_grad_norm=1.0, learning_rate=3e-4,
                 anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
 PRESETS = {
@@ -409,7 +414,7 @@ def make_agent(config, env_params=None):
     clip_gradient = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(
         config.max_grad_norm)
     envs = gridworld.NormalizedEnvs(env, config.num_envs, config.normalize_obs,
-                                    config.gamma if config.normalize_reward else None)
+                                    config.gamma if config.normalize_reward else None, config.normalize_per_rollout)
 
     def value_of(params, obs):
         return critic.apply(params["critic"], obs)[0][:, 0]
@@ -448,16 +453,18 @@ def make_agent(config, env_params=None):
         return {"actor": actor.init(actor_key, obs), "critic": critic.init(critic_key, obs)}, env_state, obs
 
     def env_step(carry, key):
-        params, env_state, obs = carry
+        params, env_state, obs = carry  # obs as envs returned it: raw with normalize_per_rollout
         action_key, env_key = jax.random.split(key)
-        pi = action_distribution(actor.apply(params["actor"], obs)[0], head)
+        seen = envs.seen(env_state, obs)
+        pi = action_distribution(actor.apply(params["actor"], seen)[0], head)
         action = pi.sample(seed=action_key)
         next_obs, env_state, reward, terminated, truncated, info = envs.step(
             env_key, env_state, env_action(action, head, *bounds), env_params)
         reward = reward * config.reward_scale
         if config.time_limit == "bootstrap":  # a time limit is not an end: keep the value of where it stopped
-            reward = reward + config.gamma * value_of(params, info["final_observation"]) * (truncated & ~terminated)
-        step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, obs),
+            final = envs.seen(env_state, info["final_observation"])
+            reward = reward + config.gamma * value_of(params, final) * (truncated & ~terminated)
+        step = dict(obs=obs, action=action, log_prob=pi.log_prob(action), value=value_of(params, seen),
                     reward=reward, done=(terminated | truncated).astype(jnp.float32))
         if config.time_limit == "exclude":  # Brax's truncation mask (gae)
             step["truncated"] = (truncated & ~terminated).astype(jnp.float32)
@@ -468,17 +475,20 @@ def make_agent(config, env_params=None):
     def rollout(params, env_state, obs, rng):
         """`num_steps` steps of every env, flattened into one batch of steps with GAE advantages and targets, or with
         minibatch_gae into a batch of unrolls, (num_envs * num_steps / n, n, ...), each with the observation after it
-        (to bootstrap from), their GAE left to the loss. No gradient."""
+        (to bootstrap from), their GAE left to the loss. With normalize_per_rollout, the rollout's observations are
+        merged into the statistics, and the batch holds them normalised by the result (Brax's PPO). No gradient."""
         (_, env_state, last_obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
                                                          jax.random.split(rng, config.num_steps))
+        env_state = envs.merge(env_state, rollout["obs"])
+        rollout, final = dict(rollout, obs=envs.seen(env_state, rollout["obs"])), envs.seen(env_state, last_obs)
         if config.minibatch_gae:
             def unrolls(x):  # (num_steps, num_envs, ...) -> (num_steps / n * num_envs, n, ...)
                 x = x.reshape((config.num_steps // unit, unit) + x.shape[1:])
                 return jnp.swapaxes(x, 1, 2).reshape((batch_size // unit, unit) + x.shape[3:])
-            after = jnp.concatenate([rollout["obs"][unit::unit], last_obs[None]])
+            after = jnp.concatenate([rollout["obs"][unit::unit], final[None]])
             batch = dict(jax.tree.map(unrolls, rollout), bootstrap_obs=after.reshape((-1,) + after.shape[2:]))
             return jax.lax.stop_gradient(batch), env_state, last_obs
-        advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, last_obs),
+        advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, final),
                                 config.gamma, config.gae_lambda, config.unroll_length, rollout.get("truncated"))
         batch = {k: v for k, v in rollout.items() if k not in ("reward", "done", "truncated")}
         batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),

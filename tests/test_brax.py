@@ -264,10 +264,11 @@ def test_minibatch_gae_is_braxs_ppo_loss_on_whole_unrolls():
                     num_minibatches=2, episode_length=12, ent_coef=0.0)
     agent = ppo.make_agent(config)
     params, env_state, obs = agent.init(jax.random.PRNGKey(0))
-    batch, _, last_obs = jax.jit(agent.rollout)(params, env_state, obs, jax.random.PRNGKey(1))
+    batch, merged, last_obs = jax.jit(agent.rollout)(params, env_state, obs, jax.random.PRNGKey(1))
     flat, _, _ = jax.jit(ppo.make_agent(replace(config, minibatch_gae=False)).rollout)(
         params, env_state, obs, jax.random.PRNGKey(1))
-    flat_obs = np.concatenate([np.asarray(flat["obs"]).reshape(steps, envs, -1), np.asarray(last_obs)[None]])
+    flat_obs = np.concatenate([np.asarray(flat["obs"]).reshape(steps, envs, -1),
+                               np.asarray(agent.envs.seen(merged, last_obs))[None]])  # last_obs: raw, as envs gave it
     for k in range(steps // n):
         for e in range(envs):
             np.testing.assert_allclose(batch["obs"][k * envs + e], flat_obs[k * n:(k + 1) * n, e], rtol=1e-5,
