@@ -35,6 +35,7 @@ def test_ant_preset_is_open_configs_ant():
         0.5, "global_norm", "tanh", 64, 2, None)
     assert (c.policy_head, c.normalize_obs, c.normalize_reward, c.time_limit, c.clip_value_loss, c.unroll_length) == (
         "gaussian", True, True, "terminal", True, 0)
+    assert not (c.minibatch_gae or c.normalize_per_rollout)  # PureJaxRL's PPO: GAE once, statistics every step
 
 
 def test_optim4rl_presets_are_braxs_ppo_as_the_authors_ran_it():
@@ -57,7 +58,7 @@ def test_optim4rl_presets_are_braxs_ppo_as_the_authors_ran_it():
             32, 4, 64 if name.endswith("_meta") else 256, 5, "swish", "lecun_uniform"), name
         assert (c.grad_clip_mode, c.max_grad_norm, c.learning_rate, c.anneal_lr) == (
             "elementwise", 1.0, 3e-4, False)
-        assert (c.minibatch_gae, c.time_limit) == (True, "exclude")  # losses.py compute_ppo_loss, per minibatch
+        assert (c.minibatch_gae, c.time_limit, c.normalize_per_rollout) == (True, "exclude", True)  # brax's PPO
     for env in ("ant", "humanoid"):  # optim4rl_metagrad.py meta-trains with the _meta presets, evaluates with the rest
         config = replace(om.Optim4RLConfig(), **om.PRESETS[env])
         unit, evaluation = om.unit_agent_config(config), om.eval_agent_config(config)
@@ -175,6 +176,48 @@ def test_normalized_envs_match_numpy_on_the_same_stream():
     np.testing.assert_allclose(state.obs_stats.count, 4 * (steps + 1) + 1e-4, rtol=1e-7)
     np.testing.assert_allclose(NormalizedEnvs(env, 4, True).observe(state, raw_first), (raw_obs[0] - mean) / np.sqrt(
         var + 1e-8), rtol=1e-3, atol=1e-4)  # observe: the final statistics, frozen (the final-policy evaluation)
+
+
+def test_per_rollout_statistics_are_braxs_running_statistics():
+    """NormalizedEnvs with per_rollout (normalize_per_rollout, Brax's PPO): reset and step return raw observations
+    and leave the statistics alone; the rollouts' observations merged after each rollout normalise as
+    brax.training.acme.running_statistics (the pinned brax: init_state, update, normalize) does on the same stream.
+    Brax divides by max(std, 1e-6) from count 0, this repo by sqrt(var + 1e-8) from a prior of weight 1e-4: rtol
+    1e-3 leaves room for those, far below a missed or doubled merge."""
+    from brax.training.acme import running_statistics, specs
+
+    gym_env, env_params = gymnax.make("Pendulum-v1")
+    env_params, env = env_params.replace(max_steps_in_episode=6), LogWrapper(gym_env)
+    actions = jax.random.uniform(jax.random.PRNGKey(1), (3, 5, 4, 1), minval=-2, maxval=2)  # 3 rollouts of 5 steps
+
+    def run(envs):
+        obs, state = envs.reset(jax.random.PRNGKey(0), env_params)
+
+        def rollout(carry, inputs):
+            def step(carry, inputs):
+                obs, state = carry
+                key, action = inputs
+                next_obs, state, *_ = envs.step(key, state, action, env_params)
+                return (next_obs, state), obs
+            (obs, state), seen = jax.lax.scan(step, carry, inputs)
+            before = state.obs_stats
+            state = envs.merge(state, seen)
+            return (obs, state), (seen, before, state.obs_stats)
+        keys = jax.random.split(jax.random.PRNGKey(2), 15).reshape(3, 5, 2)
+        return jax.lax.scan(rollout, (obs, state), (keys, actions))[1]
+
+    raw, _, _ = jax.jit(lambda: run(NormalizedEnvs(env, 4)))()
+    envs = NormalizedEnvs(env, 4, True, per_rollout=True)
+    seen, before, after = jax.jit(lambda: run(envs))()
+    np.testing.assert_allclose(seen, raw, rtol=1e-6)  # raw observations from reset and step
+    np.testing.assert_allclose(before.count, [1e-4, 1e-4 + 20, 1e-4 + 40], rtol=1e-6)  # untouched in a rollout
+    brax_state = running_statistics.init_state(specs.Array((3,), jnp.float32))
+    for k in range(3):
+        brax_state = running_statistics.update(brax_state, raw[k])
+        stats = jax.tree.map(lambda x, k=k: x[k], after)
+        probe = raw[(k + 1) % 3]
+        np.testing.assert_allclose(envs.observe(envs.State(None, stats, None, None), probe),
+                                   running_statistics.normalize(probe, brax_state), rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------- policy heads
