@@ -14,9 +14,9 @@ compiles its whole run once and reuses it for every seed; Brax's trainer builds 
 compiles again for each seed (its mean is shown). Env steps/s: the budget over each seed's wall time less its compile
 time (the mean over seeds), the final evaluation included on both sides.
 What differs between the two, besides the code: ppo.py's preset clips every gradient element to +-1 (Optim4RL's
-configs), which Brax's trainer cannot do (max_grad_norm, a global norm, is left off); ppo.py updates the
-normalisation statistics every env step and computes advantages once per rollout, Brax once per rollout and per
-minibatch; ppo.py bootstraps through a time limit, Brax leaves those steps out (see ppo.py and gridworld.py).
+configs), which Brax's trainer cannot do (max_grad_norm, a global norm, is left off). Both recompute GAE in every
+minibatch of whole unrolls, leave truncated steps out, and merge the observation statistics once a rollout
+(ppo.py's minibatch_gae, time_limit "exclude", normalize_per_rollout).
 """
 import os
 # XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
