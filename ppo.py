@@ -28,6 +28,8 @@ to the reward there; "terminal", the OPEN authors' PureJaxRL PPO and the MinAtar
 "exclude", Brax's PPO and the Brax presets of Optim4RL, leaves the truncated step out (advantage 0, target V(s)).
 `minibatch_gae` (the same presets) makes minibatches of whole `unroll_length`-step unrolls and recomputes their GAE
 in the loss with the current critic, as Brax's PPO does; otherwise advantages are computed once per rollout.
+`normalize_per_rollout` (the same presets) keeps the observation statistics fixed during a rollout and merges its
+observations after it, as Brax's PPO does; otherwise each observation is merged as it arrives (OPEN's wrapper).
 `train` reports both this repo's evaluation of the final policy ("final_return") and the authors' metric
 ("training_return": the mean over envs of each env's last completed training episode return, 0 for an env without
 one, at the end of training; rl_optimizer/train.py and eval.py).
@@ -126,9 +128,9 @@ MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minib
 # (losses.py compute_ppo_loss); the observation statistics are merged once a rollout, after it (train.py).
 BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
                 critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True,
-                normalize_per_rollout=True, gamma=0.97, gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False, vf_coef=0.5, minibatch_gae=True,
-                time_limit="exclude", grad_clip_mode="elementwise", max_grad_norm=1.0, learning_rate=3e-4,
-                anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
+                normalize_per_rollout=True, gamma=0.97, gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False,
+                vf_coef=0.5, minibatch_gae=True, time_limit="exclude", grad_clip_mode="elementwise", max_grad_norm=1.0,
+                learning_rate=3e-4, anneal_lr=False, total_timesteps=100_000_000, eval_episodes=128)
 PRESETS = {
     "default": {},
     "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),
