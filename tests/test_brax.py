@@ -325,12 +325,12 @@ def test_minibatch_gae_is_braxs_ppo_loss_on_whole_unrolls():
     mb = batch  # a minibatch of all 32 unrolls
     ours, _ = agent.loss(moved, mb, last_obs)
 
-    def network(name, out):  # brax's apply(normalizer_params, params, obs) on [..., obs]
+    def network(name):  # brax's apply(normalizer_params, params, obs) on [..., obs]
         module = agent.networks[name]
-        return SimpleNamespace(apply=lambda _, p, o: out(module.apply(p, o.reshape(-1, o.shape[-1]))[0]).reshape(
+        return SimpleNamespace(apply=lambda _, p, o: module.apply(p, o.reshape(-1, o.shape[-1]))[0].reshape(
             o.shape[:-1] + (-1,))[..., slice(None) if name == "actor" else 0])
-    brax_ppo = SimpleNamespace(policy_network=network("actor", lambda x: x), value_network=network("critic",
-                               lambda x: x), parametric_action_distribution=NormalTanhDistribution(event_size=1))
+    brax_ppo = SimpleNamespace(policy_network=network("actor"), value_network=network("critic"),
+                               parametric_action_distribution=NormalTanhDistribution(event_size=1))
     old_logits = agent.networks["actor"].apply(params["actor"], mb["obs"].reshape(-1, mb["obs"].shape[-1]))[0]
     data = types.Transition(
         observation=mb["obs"], action=jnp.tanh(mb["action"]), reward=mb["reward"],
