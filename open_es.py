@@ -114,7 +114,7 @@ class OpenConfig:
     eval_seeds: int = 16  # held-out seeds of those evaluations and of the final report
     seed: int = 0  # meta-training seed
     out_dir: str = "runs/open_catch"  # checkpoint, learned optimizer, plots and summary
-    eval: str = ""  # a learned optimizer's file: skip meta-training, evaluate it on `ppo.env_name` vs Adam in out_dir
+    eval: str = ""  # a learned optimizer's file: skip meta-training, evaluate it vs Adam on `tasks` or `ppo.env_name`
     wandb: bool = False  # log the progress records (out_dir/metrics.jsonl) to Weights & Biases too (`wandb` extra)
     optimizer: str = "open"  # OPTIMIZERS: OPEN or 'No Features' (14 inputs, no noise; Sec. 6.1, App. B.4)
     ablate: tuple[str, ...] = ()  # ABLATIONS removed from OPEN (Sec. 7.1, App. I.1)
@@ -644,6 +644,13 @@ def plot_fitness(history, path):
     ppo.save_figure(fig, path)
 
 
+def task_ppo(config, task):
+    """`config.ppo` on `task`, with Adam as tuned there by ppo.py's preset for that env (if any): the multi-task
+    report compares against each game's own Table 4 Adam, not the first game's. The agent's PPO is unchanged."""
+    tuned = next((preset for preset in ppo.PRESETS.values() if preset.get("env_name") == task), {})
+    return replace(config.ppo, env_name=task, **{k: tuned[k] for k in ("learning_rate", "b1", "b2") if k in tuned})
+
+
 def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
     """The learned optimizer and Adam (ppo_config's) on `eval_seeds` held-out seeds of ppo_config's env (ppo.compare:
     one program; <out_path>.md, .json, .png); a gridworld distribution gives each seed its own level."""
@@ -686,7 +693,7 @@ def main(config):
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
         out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one the file was trained with
-        config = replace(trained_config, ppo=config.ppo, eval_seeds=config.eval_seeds,
+        config = replace(trained_config, ppo=config.ppo, tasks=config.tasks, eval_seeds=config.eval_seeds,
                          eval_widths=config.eval_widths, eval_lengths=config.eval_lengths,
                          generalisation=config.generalisation)
     else:
@@ -698,7 +705,7 @@ def main(config):
     if config.generalisation:
         return generalisation(config, open_optimizer(config), meta_params, out_dir)
     for task in (config.tasks or (config.ppo.env_name,)) if jax.process_index() == 0 else ():
-        versus_adam(config, open_optimizer(config), meta_params, replace(config.ppo, env_name=task),
+        versus_adam(config, open_optimizer(config), meta_params, task_ppo(config, task),
                     os.path.join(out_dir, task if config.tasks else "", "summary"))
 
 

@@ -41,6 +41,24 @@ def test_multitask_fitness_is_return_over_adam_averaged_then_ranked(tmp_path):
         open_es.validate(replace(config, tasks=("Catch-bsuite", "CartPole-v1")))
 
 
+def test_multitask_report_puts_each_game_next_to_its_own_tuned_adam(tmp_path, monkeypatch):
+    """`--eval multi_OPEN.npy --preset multitask` reports all four games, each against OPEN Table 4's Adam for that
+    game (learning rate, b2), on the same PPO (Table 3)."""
+    calls = []
+    monkeypatch.setattr(open_es, "versus_adam", lambda config, fn, meta, ppo_config, out_path: calls.append(
+        (ppo_config, os.path.relpath(out_path, tmp_path))))
+    preset = replace(CONFIG, **open_es.PRESETS["multitask"])
+    open_es.main(replace(preset, eval=os.path.join(ROOT, "trained", "authors", "multi_OPEN.npy"),
+                         out_dir=str(tmp_path)))
+    table4 = {"Asterix-MinAtar": (0.003, 0.999), "Breakout-MinAtar": (0.01, 0.99), "Freeway-MinAtar": (0.001, 0.99),
+              "SpaceInvaders-MinAtar": (0.007, 0.99)}
+    assert [(c.env_name, (c.learning_rate, c.b2), path) for c, path in calls] == [
+        (env, table4[env], os.path.join(env, "summary")) for env in open_es.MINATAR_ENVS]
+    for ppo_config, _ in calls:  # everything but Adam's settings is the preset's PPO
+        assert replace(ppo_config, env_name=preset.ppo.env_name, learning_rate=preset.ppo.learning_rate,
+                       b2=preset.ppo.b2) == preset.ppo
+
+
 def test_within_pair_ranking_moves_the_mean_toward_the_pair_winner():
     np.testing.assert_allclose(open_es.pair_fitness(jnp.array([1.0, 5.0, jnp.nan, 2.0, 5.0, 0.0])),
                                [0.5, 0.0, 0.5, -0.5, 0.0, -0.5])  # evosax minimises: the winner gets -0.5
