@@ -59,6 +59,29 @@ def test_multitask_report_puts_each_game_next_to_its_own_tuned_adam(tmp_path, mo
                        b2=preset.ppo.b2) == preset.ppo
 
 
+def test_generalisation_sweeps_levels_widths_and_lengths_with_the_papers_metric(tmp_path, monkeypatch):
+    """Figures 4 and 16: every level x (width, length) setting; IQM over seeds of return / Adam's mean."""
+    calls = []
+
+    def versus_adam(config, fn, meta, ppo_config, out_path):
+        calls.append(ppo_config)
+        return {"OPEN": {"final": np.array([1.0, 2.0, 3.0, 10.0])}, "Adam": {"final": np.array([1.0, 1.0, 2.0, 4.0])}}
+    monkeypatch.setattr(open_es, "versus_adam", versus_adam)
+    config = replace(CONFIG, ppo=replace(TINY_PPO, total_timesteps=64), eval_widths=(8,), eval_lengths=(0.5,))
+    open_es.generalisation(config, None, None, str(tmp_path))
+    levels = ("all", "rand_dense", "rand_sparse", "rand_long", "standard_maze", "sixteen_rooms", "labyrinth")
+    assert [(c.env_name, c.width, c.total_timesteps) for c in calls] == [
+        (level, *setting) for level in levels for setting in ((8, 64), (TINY_PPO.width, 32))]
+    # the longest episode: OPEN Table 8 ('all'), Table 10 (mazes), LPG's (Oh et al., 2020) rand_* horizons
+    caps = {"all": 750, "rand_dense": 500, "rand_sparse": 50, "rand_long": 1000, "standard_maze": 50,
+            "sixteen_rooms": 50, "labyrinth": 50}
+    assert [c.eval_max_steps for c in calls] == [caps[level] for level in levels for _ in range(2)]
+    # learned / Adam's mean 2 = 0.5, 1, 1.5, 5: IQM (middle two) 1.25; raw IQMs 2.5 and 1.5
+    rows = (tmp_path / "generalisation.md").read_text().splitlines()[4:]
+    assert rows == [f"| {level} | {setting} | 1.250 | 2.500, 1.500 | 2.000 |"
+                    for level in levels for setting in ("width 8", "length x0.5")]
+
+
 def test_within_pair_ranking_moves_the_mean_toward_the_pair_winner():
     np.testing.assert_allclose(open_es.pair_fitness(jnp.array([1.0, 5.0, jnp.nan, 2.0, 5.0, 0.0])),
                                [0.5, 0.0, 0.5, -0.5, 0.0, -0.5])  # evosax minimises: the winner gets -0.5
