@@ -709,7 +709,7 @@ def main(config):
     if config.generalisation:
         return generalisation(config, open_optimizer(config), meta_params, out_dir)
     for task in (config.tasks or (config.ppo.env_name,)) if jax.process_index() == 0 else ():
-        versus_adam(config, open_optimizer(config), meta_params, task_ppo(config, task),
+        versus_adam(config, open_optimizer(config), meta_params, task_ppo(config, task) if config.tasks else config.ppo,
                     os.path.join(out_dir, task if config.tasks else "", "summary"))
 
 

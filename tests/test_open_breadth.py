@@ -47,9 +47,9 @@ def test_multitask_report_puts_each_game_next_to_its_own_tuned_adam(tmp_path, mo
     calls = []
     monkeypatch.setattr(open_es, "versus_adam", lambda config, fn, meta, ppo_config, out_path: calls.append(
         (ppo_config, os.path.relpath(out_path, tmp_path))))
-    preset = replace(CONFIG, **open_es.PRESETS["multitask"])
-    open_es.main(replace(preset, eval=os.path.join(ROOT, "trained", "authors", "multi_OPEN.npy"),
-                         out_dir=str(tmp_path)))
+    preset = replace(CONFIG, **dict(open_es.PRESETS["multitask"], out_dir=str(tmp_path),
+                                    eval=os.path.join(ROOT, "trained", "authors", "multi_OPEN.npy")))
+    open_es.main(preset)
     table4 = {"Asterix-MinAtar": (0.003, 0.999), "Breakout-MinAtar": (0.01, 0.99), "Freeway-MinAtar": (0.001, 0.99),
               "SpaceInvaders-MinAtar": (0.007, 0.99)}
     assert [(c.env_name, (c.learning_rate, c.b2), path) for c, path in calls] == [
@@ -57,6 +57,9 @@ def test_multitask_report_puts_each_game_next_to_its_own_tuned_adam(tmp_path, mo
     for ppo_config, _ in calls:  # everything but Adam's settings is the preset's PPO
         assert replace(ppo_config, env_name=preset.ppo.env_name, learning_rate=preset.ppo.learning_rate,
                        b2=preset.ppo.b2) == preset.ppo
+    single = replace(preset, tasks=(), ppo=replace(preset.ppo, env_name="Asterix-MinAtar", learning_rate=0.005))
+    open_es.main(single)
+    assert calls[-1] == (single.ppo, "summary")  # one env: the user's Adam settings stand
 
 
 def test_generalisation_sweeps_levels_widths_and_lengths_with_the_papers_metric(tmp_path, monkeypatch):
