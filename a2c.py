@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import gridworld
+import wrappers
 from ppo import (Agent, check_wandb, dormancy_scores, gae, hand_designed, last_episode_return, network_context,
                  optimizer_step, parse_config, train_and_report)
 from ppo import make_train as ppo_make_train
@@ -78,7 +78,7 @@ PRESETS = {
 
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
-    discrete = tuple(n for n in gridworld.ENV_NAMES if n not in gridworld.BRAX_ENVS)
+    discrete = tuple(n for n in wrappers.ENV_NAMES if n not in wrappers.BRAX_ENVS)
     if config.env_name not in discrete:
         raise ValueError(f"unknown env_name {config.env_name!r} for A2C (discrete actions); valid: "
                          f"{', '.join(discrete)}")
@@ -124,10 +124,10 @@ def make_agent(config, env_params=None):
     """A2C's pieces (ppo.Agent): the rollout, its loss and one update, so that optim4rl_metagrad.py can differentiate
     through inner updates; ppo.make_train chains the updates (make_train below)."""
     validate(config)
-    env, default_env_params = gridworld.make_env(config.env_name)
+    env, default_env_params = wrappers.make_env(config.env_name)
     env_params = default_env_params if env_params is None else env_params
     network = ActorCritic(env.action_space(env_params).n, config.torso, config.width)
-    envs = gridworld.NormalizedEnvs(env, config.num_envs)  # the envs stepped as one (no normalisation)
+    envs = wrappers.NormalizedEnvs(env, config.num_envs)  # the envs stepped as one (no normalisation)
 
     def init(rng):
         network_key, reset_key = jax.random.split(rng)

@@ -1,5 +1,5 @@
-"""The environments. Gridworlds of Optim4RL (Lan et al., 2023, App. B) and OPEN (Goldie et al., 2024, App. D) as one
-gymnax env; at the end, `make_env`: every env the agents train on, Brax included (BraxEnv, NormalizedEnvs).
+"""The gridworlds of Optim4RL (Lan et al., 2023, App. B) and OPEN (Goldie et al., 2024, App. D) as one gymnax env.
+Every env the agents train on, these included, comes from `wrappers.make_env`.
 
 A level is a grid with walls and K object slots. Stepping onto object k pays `obj_reward[k] * reward_scale` and ends
 the episode with probability `obj_p_terminate[k]`; a collected object reappears with probability `obj_p_respawn[k]`
@@ -33,15 +33,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal ini
 import argparse
 import dataclasses
 import functools
-from typing import NamedTuple
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
-from gymnax.wrappers import LogWrapper
 
 # Optim4RL Table 2: (H, W), objects [reward, p_terminate, p_respawn], horizon. The authors' maps (envs/gridworld.py)
 # surround H x W with a wall border (rule `border`, on by default).
@@ -381,132 +378,6 @@ def render(env, state, params) -> str:
         grid[divmod(int(state.obj_pos[k]), env.shape[1])] = str(k)
     grid[divmod(int(state.agent), env.shape[1])] = "A"
     return "\n".join("".join(row) for row in grid)
-
-
-# ----------------------------------------------------------------------------------------------- every env
-# The agents (ppo.py, a2c.py) reach every env through `make_env`: gymnax ids, these gridworlds, bsuite's Deep Sea
-# of any size, and Brax (both papers' continuous control), all behind gymnax's API.
-BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
-             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
-ENV_NAMES = tuple(gymnax.registered_envs) + tuple(LEVELS) + BRAX_ENVS
-DEEP_SEA = "DeepSea-bsuite-"  # + a size N >= 2: bsuite's Deep Sea on an N x N grid (OPEN Sec. 7.2 trains on 4-26)
-
-
-def deep_sea_size(name):
-    """N of 'DeepSea-bsuite-N', else None."""
-    suffix = name[len(DEEP_SEA):] if name.startswith(DEEP_SEA) else ""
-    return int(suffix) if suffix.isdigit() and int(suffix) >= 2 else None
-
-
-class BraxEnv:
-    """A Brax env behind gymnax's API, stepped as Brax's training wrappers (EpisodeWrapper, AutoResetWrapper), which
-    both papers' code and Brax's PPO use: `episode_length` steps end an episode as a truncation, and an env whose
-    episode ends restarts from its first state."""
-
-    def __init__(self, name, backend, episode_length):
-        from brax import envs  # imported here: brax is slow to import and only these envs need it
-        self.env, self.episode_length = envs.get_environment(name, backend=backend), episode_length
-        self.default_params = environment.EnvParams(max_steps_in_episode=episode_length)
-
-    def observation_space(self, params):
-        return spaces.Box(-jnp.inf, jnp.inf, (self.env.observation_size,))
-
-    def action_space(self, params):
-        return spaces.Box(-1.0, 1.0, (self.env.action_size,))
-
-    def reset(self, key, params=None):
-        state = self.env.reset(key)
-        return state.obs, (state, jnp.int32(0), state)
-
-    def step(self, key, state, action, params=None):
-        brax_state, t, first = state
-        stepped, t = self.env.step(brax_state, action), t + 1
-        terminated, truncated = stepped.done.astype(bool), t >= self.episode_length
-        brax_state, t = jax.tree.map(lambda a, b: jnp.where(terminated | truncated, a, b), (first, 0), (stepped, t))
-        return (brax_state.obs, (brax_state, t, first), stepped.reward, terminated, truncated,
-                {"final_observation": stepped.obs})
-
-
-class RunningStats(NamedTuple):
-    """Mean and variance of all batches so far, merged batch by batch (Chan et al.'s parallel formula) from mean 0,
-    variance 1, count 1e-4: PureJaxRL's, in OPEN's NormalizeObservation and NormalizeReward (rl_optimizer/utils.py)."""
-    mean: jax.Array
-    var: jax.Array
-    count: jax.Array
-
-    def update(self, batch):
-        n, delta = batch.shape[0], batch.mean(0) - self.mean
-        count = self.count + n
-        m2 = self.var * self.count + batch.var(0) * n + delta ** 2 * self.count * n / count
-        return RunningStats(self.mean + delta * n / count, m2 / count, count)
-
-
-class NormalizedEnvs:
-    """`num_envs` copies of `env` stepped as one. Optionally, as OPEN's NormalizeObservation and NormalizeReward(gamma)
-    (rl_optimizer/utils.py): observations become (o - mean) / sqrt(var + 1e-8) by the RunningStats of all observations
-    returned so far, and rewards are divided by sqrt(var + 1e-8) of the RunningStats of each env's discounted return
-    R = r + gamma (1 - done) R (done of the same step, as there). The statistics are in the state: one program a run.
-    With `per_rollout`, as Brax's PPO (so Optim4RL's, brax/training/agents/ppo/train.py): reset and step leave the
-    statistics alone and return raw observations; the agent acts on `seen(state, obs)`, normalised by the statistics
-    of the rollouts before, and merges each rollout's observations after it (`merge`). Brax divides by max(std, 1e-6)
-    from count 0, a difference of the prior's 1e-4 weight and the 1e-8 here, far below any effect on learning."""
-
-    class State(NamedTuple):
-        env: object  # the envs' states
-        obs_stats: RunningStats
-        return_stats: RunningStats
-        returns: jax.Array  # each env's discounted return R
-
-    def __init__(self, env, num_envs, normalize_obs=False, reward_gamma=None, per_rollout=False):
-        self.env, self.num_envs, self.normalize_obs, self.reward_gamma = env, num_envs, normalize_obs, reward_gamma
-        self.per_rollout = normalize_obs and per_rollout  # merge the statistics once a rollout (`merge`)
-
-    def reset(self, key, params):
-        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, self.num_envs), params)
-        stats = RunningStats(jnp.zeros(obs.shape[1:]), jnp.ones(obs.shape[1:]), jnp.float32(1e-4))
-        state = self.State(env_state, stats.update(obs) if self.normalize_obs and not self.per_rollout else stats,
-                           RunningStats(jnp.float32(0), jnp.float32(1), jnp.float32(1e-4)), jnp.zeros(self.num_envs))
-        return obs if self.per_rollout else self.observe(state, obs), state
-
-    def step(self, key, state, action, params):
-        obs, env_state, reward, terminated, truncated, info = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(key, self.num_envs), state.env, action, params)
-        state = state._replace(env=env_state)
-        if self.normalize_obs and not self.per_rollout:
-            state = state._replace(obs_stats=state.obs_stats.update(obs))
-            info = dict(info, final_observation=self.observe(state, info["final_observation"]))
-        if self.reward_gamma is not None:
-            returns = state.returns * self.reward_gamma * (1 - (terminated | truncated)) + reward
-            state = state._replace(return_stats=state.return_stats.update(returns), returns=returns)
-            reward = reward / jnp.sqrt(state.return_stats.var + 1e-8)
-        return obs if self.per_rollout else self.observe(state, obs), state, reward, terminated, truncated, info
-
-    def observe(self, state, obs):
-        """`obs` as the agent sees it, normalised by the statistics in `state` (or as it is)."""
-        return (obs - state.obs_stats.mean) / jnp.sqrt(state.obs_stats.var + 1e-8) if self.normalize_obs else obs
-
-    def seen(self, state, obs):
-        """What the agent acts on, given an observation as reset or step returned it: normalised now with
-        `per_rollout`, already normalised (or not normalised at all) otherwise."""
-        return self.observe(state, obs) if self.per_rollout else obs
-
-    def merge(self, state, observations):
-        """With `per_rollout`: the statistics with `observations` (raw, any leading axes) merged; otherwise `state`."""
-        if not self.per_rollout:
-            return state
-        return state._replace(obs_stats=state.obs_stats.update(observations.reshape(-1, observations.shape[-1])))
-
-
-def make_env(name, brax_backend="spring", episode_length=1000):
-    """(env, env_params) for any name in ENV_NAMES, wrapped to log episode returns."""
-    if name in BRAX_ENVS:
-        env = BraxEnv(name, brax_backend, episode_length)
-        return LogWrapper(env), env.default_params
-    env, env_params = (make(name) if name in LEVELS else
-                       gymnax.make("DeepSea-bsuite", size=deep_sea_size(name)) if deep_sea_size(name) else
-                       gymnax.make(name))
-    return LogWrapper(env), env_params
-
 
 
 if __name__ == "__main__":

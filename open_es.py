@@ -139,7 +139,8 @@ OPTIMIZERS = ("open", "no_features")
 LABELS = {"open": "OPEN", "no_features": "No Features", "optim4rl": "Optim4RL"}
 ES_INITS = ("random", "zeros")
 ABLATIONS = ("training_proportion", "batch_proportion", "dormancy", "layer_proportion", "stochasticity")
-MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
+# The four games of Sec. 6.3; SpaceInvaders as gymnax 0.0.6 had it, as the authors ran it (wrappers.py).
+MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar@gymnax-0.0.6")
 GRID_EVAL_LEVELS = ("all", "rand_dense", "rand_sparse", "rand_long") + tuple(gridworld.MAZES)
 AUTHORS_ES = dict(es_init="zeros", es_b1=0.99)  # the ES mean starts at zero; Adam b1 0.99 (authors' train.py)
 MINATAR_ES = dict(AUTHORS_ES, population_size=64, sigma_init=0.03, sigma_decay=0.999, es_learning_rate=0.03,

@@ -51,6 +51,7 @@ from jax.flatten_util import ravel_pytree
 
 import a2c
 import gridworld
+import wrappers
 import ppo
 from ppo import hand_designed, hyperparameters, parse_config
 
@@ -182,7 +183,7 @@ def make_unit_agents(config):
 
 def eval_algorithm(config):
     """PPO on Brax envs (Sec. 6.2) and for optimizers meta-trained with PPO; A2C otherwise."""
-    return "ppo" if (config.eval_env or config.env_name) in gridworld.BRAX_ENVS else config.algorithm
+    return "ppo" if (config.eval_env or config.env_name) in wrappers.BRAX_ENVS else config.algorithm
 
 
 def eval_agent_config(config):

@@ -63,11 +63,12 @@ from flax import serialization
 from gymnax.environments import spaces
 
 import gridworld
+import wrappers
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    env_name: str = "CartPole-v1"  # a gymnax id, a gridworld.LEVELS name, or a Brax env (gridworld.BRAX_ENVS)
+    env_name: str = "CartPole-v1"  # a gymnax id, a gridworld.LEVELS name, or a Brax env (wrappers.BRAX_ENVS)
     num_envs: int = 4  # N_envs: parallel environments
     num_steps: int = 128  # N_steps: rollout length per env per update
     total_timesteps: int = 500_000  # T: environment steps of the whole run
@@ -86,7 +87,7 @@ class PPOConfig:
     activation: str = "tanh"  # "tanh", "relu", or Brax's "swish" (valid choices of this and others: CHOICES)
     kernel_init: str = "orthogonal"  # PureJaxRL's "orthogonal" or Brax's "lecun_uniform" (networks.py)
     policy_head: str = "gaussian"  # continuous actions: OPEN's "gaussian" or Brax's "tanh_gaussian" (TanhGaussian)
-    normalize_obs: bool = False  # observations by running statistics (gridworld.NormalizedEnvs; both papers' Brax)
+    normalize_obs: bool = False  # observations by running statistics (wrappers.NormalizedEnvs; both papers' Brax)
     normalize_reward: bool = False  # rewards / running std of the discounted return (NormalizedEnvs; OPEN's Brax)
     normalize_per_rollout: bool = False  # Brax's PPO: observation statistics fixed during a rollout and merged after
     # it, before learning from it; False: each observation merged as it arrives (OPEN's NormalizeObservation)
@@ -136,7 +137,7 @@ PRESETS = {
     "asterix": dict(MINATAR, env_name="Asterix-MinAtar", learning_rate=0.003, b2=0.999),
     "breakout": dict(MINATAR, env_name="Breakout-MinAtar", learning_rate=0.01, b2=0.99),
     "freeway": dict(MINATAR, env_name="Freeway-MinAtar", learning_rate=0.001, b2=0.99),
-    "spaceinvaders": dict(MINATAR, env_name="SpaceInvaders-MinAtar", learning_rate=0.007, b2=0.99),
+    "spaceinvaders": dict(MINATAR, env_name="SpaceInvaders-MinAtar@gymnax-0.0.6", learning_rate=0.007, b2=0.99),
     # configs.py "ant" with train.py's Brax path: positional backend, 1000-step episodes whose end is terminal,
     # ClipAction, NormalizeObservation, NormalizeReward(gamma), a state-independent log std (utils.py, train.py)
     "ant": dict(env_name="ant", brax_backend="positional", num_envs=2048, num_steps=10, total_timesteps=50_000_000,
@@ -164,9 +165,9 @@ CHOICES = dict(time_limit=("bootstrap", "terminal", "exclude"), activation=("tan
                grad_clip_mode=("global_norm", "elementwise"))
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
-    if config.env_name not in gridworld.ENV_NAMES and gridworld.deep_sea_size(config.env_name) is None:
-        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(gridworld.ENV_NAMES)}, "
-                         f"{gridworld.DEEP_SEA}N (N >= 2)")
+    if config.env_name not in wrappers.ENV_NAMES and wrappers.deep_sea_size(config.env_name) is None:
+        raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(wrappers.ENV_NAMES)}, "
+                         f"{wrappers.DEEP_SEA}N (N >= 2)")
     for field, valid in CHOICES.items():
         if getattr(config, field) not in valid:
             raise ValueError(f"unknown {field} {getattr(config, field)!r}; valid: {', '.join(valid)}")
@@ -381,7 +382,7 @@ class Agent(NamedTuple):
     act: Callable  # (params, obs, rng) -> the env's actions
     env: object  # one env (the final-policy evaluation's)
     env_params: object
-    envs: gridworld.NormalizedEnvs  # the training envs; envs.observe(env_state, obs): obs normalised as in training
+    envs: wrappers.NormalizedEnvs  # the training envs; envs.observe(env_state, obs): obs normalised as in training
     steps_per_update: int  # env steps of one update (one rollout of every env)
 
 
@@ -399,7 +400,7 @@ def make_agent(config, env_params=None):
     """PPO's pieces (Agent). The optimizer acts on the whole agent, {"actor": ..., "critic": ...}: its state is
     optimizer.init(params)."""
     validate(config)
-    env, default_env_params = gridworld.make_env(config.env_name, config.brax_backend, config.episode_length)
+    env, default_env_params = wrappers.make_env(config.env_name, config.brax_backend, config.episode_length)
     env_params = default_env_params if env_params is None else env_params
     action_space = env.action_space(default_env_params)
     continuous = isinstance(action_space, spaces.Box)
@@ -415,7 +416,7 @@ def make_agent(config, env_params=None):
     minibatch_size = batch_size // unit // config.num_minibatches
     clip_gradient = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(
         config.max_grad_norm)
-    envs = gridworld.NormalizedEnvs(env, config.num_envs, config.normalize_obs,
+    envs = wrappers.NormalizedEnvs(env, config.num_envs, config.normalize_obs,
                                     config.gamma if config.normalize_reward else None, config.normalize_per_rollout)
 
     def value_of(params, obs):

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gridworld  # noqa: E402
+import wrappers  # noqa: E402
 import ppo  # noqa: E402
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -109,7 +109,7 @@ def main():
     config = replace(config, env_name=args.env or config.env_name, num_envs=args.num_envs or config.num_envs)
     if args.no_grad_clip:
         config = replace(config, grad_clip_mode="global_norm", max_grad_norm=float("inf"))
-    if not config.unroll_length or config.env_name not in gridworld.BRAX_ENVS:
+    if not config.unroll_length or config.env_name not in wrappers.BRAX_ENVS:
         raise SystemExit(f"--preset {args.preset} / --env {config.env_name}: need a preset of Brax's PPO "
                          "(unroll_length > 0, e.g. ant_optim4rl, humanoid_optim4rl) and a Brax env")
     batch = config.num_envs * config.num_steps

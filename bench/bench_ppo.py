@@ -19,7 +19,7 @@ from dataclasses import replace
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gridworld  # noqa: E402
+import wrappers  # noqa: E402
 import ppo  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main():
         jax.random.PRNGKey(0), ppo.hyperparameters(config)).compile()
     ppo_seconds = timed(train, jax.random.PRNGKey(0), ppo.hyperparameters(config))
 
-    env, env_params = gridworld.make_env(config.env_name)
+    env, env_params = wrappers.make_env(config.env_name)
     num_actions = env.action_space(env_params).n
 
     @jax.jit

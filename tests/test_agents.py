@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import a2c
-import gridworld
+import wrappers
 import ppo
 
 CATCH_PPO = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=16, num_steps=32, total_timesteps=150_000,
@@ -150,11 +150,11 @@ def test_make_train_refuses_bad_input_before_compiling(module, config):
 def test_deep_sea_of_any_size():
     """'DeepSea-bsuite-N' is bsuite's Deep Sea on an N x N grid (OPEN Sec. 7.2); malformed sizes are refused."""
     for size in (4, 26):
-        env, env_params = gridworld.make_env(f"DeepSea-bsuite-{size}")
+        env, env_params = wrappers.make_env(f"DeepSea-bsuite-{size}")
         assert env.observation_space(env_params).shape == (size, size)
-    assert gridworld.deep_sea_size("DeepSea-bsuite-12") == 12
+    assert wrappers.deep_sea_size("DeepSea-bsuite-12") == 12
     for bad in ("DeepSea-bsuite-", "DeepSea-bsuite-1", "DeepSea-bsuite-x", "DeepSea-bsuite--3"):
-        assert gridworld.deep_sea_size(bad) is None
+        assert wrappers.deep_sea_size(bad) is None
         with pytest.raises(ValueError, match=f"unknown env_name '{bad}'.*DeepSea-bsuite-N"):
             ppo.validate(replace(ppo.PPOConfig(), env_name=bad))
 
@@ -165,7 +165,7 @@ def test_a_time_limit_is_bootstrapped_or_terminal(time_limit):
     with "terminal" (the OPEN authors' PPO), and V(s) with "exclude" (Brax's PPO: advantage 0, nothing learned from
     the step); a step that does not end an episode is unaffected by the choice."""
     config = replace(ppo.PPOConfig(), num_envs=2, num_steps=8, time_limit=time_limit)
-    env_params = gridworld.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
+    env_params = wrappers.make_env(config.env_name)[1].replace(max_steps_in_episode=4)
     agent = ppo.make_agent(config, env_params)
     params, env_state, obs = agent.init(jax.random.PRNGKey(0))
     batch, _, _ = agent.rollout(params, env_state, obs, jax.random.PRNGKey(1))

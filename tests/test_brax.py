@@ -13,7 +13,7 @@ from gymnax.wrappers import LogWrapper
 
 import optim4rl_metagrad as om
 import ppo
-from gridworld import NormalizedEnvs, RunningStats
+from wrappers import NormalizedEnvs, RunningStats
 from ppo import action_distribution, env_action
 
 
