@@ -162,6 +162,12 @@ PRESETS = {
     "gridworld": dict(MINATAR_ES, sigma_init=0.01, es_learning_rate=0.005, es_learning_rate_decay=0.990,
                       generations=350, eval_every=9, task_sampling=True, out_dir="runs/open_gridworld",
                       ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["gridworld"], eval_max_steps=750, log_every=0)),
+    # Sec. 7.2 at CPU scale (sizes 4, 6, 8; the paper: 4-26) with Deep Sea as gymnax 0.0.6 had it (action 1 is
+    # right in every cell): separated actor and critic meta-parameters; add --ablate stochasticity for the control.
+    "deepsea": dict(separated=True, tasks=tuple(f"DeepSea-bsuite-{n}@gymnax-0.0.6" for n in (4, 6, 8)),
+                    adam_returns=(1.0, 1.0, 1.0), generations=20, eval_every=5, eval_seeds=8,
+                    out_dir="runs/open_deepsea",
+                    ppo=replace(CATCH, env_name="DeepSea-bsuite-8@gymnax-0.0.6", eval_max_steps=30, eval_episodes=64)),
     # App. I.1: the ablations' shortened Breakout (2e5 steps, 250 generations); add --ablate NAME.
     "breakout_short": dict(MINATAR_ES, generations=250, out_dir="runs/open_breakout_short",
                            ppo=replace(ppo.PPOConfig(), **dict(ppo.PRESETS["breakout"], total_timesteps=200_000),

@@ -108,6 +108,7 @@ SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_s
 # PPO on Brax (App. C.3, meta_rl_{ant,humanoid}.json: ppo.py's *_optim4rl_meta presets, 8 minibatches, value net
 # [64] * 5): 2048 envs in all, as 16 vmapped units of 128 envs; m from {32, ..., 512}; evaluated with the *_optim4rl
 # presets over 1e8-step runs (lopt_rl_grid_{ant,humanoid}.json "train_steps").
+HUMANOID = "humanoid@brax-0.9.4"  # Humanoid as brax 0.9.4 had it, which the authors pinned (wrappers.py)
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
             checkpoint_every=10, remat_chunk=4096, unit_chunk=4, eval_timesteps=100_000_000, meta_lr=3e-3)
 PRESETS = {
@@ -119,14 +120,22 @@ PRESETS = {
     # App. A's MLPs [16, 16], the inputs of the authors' 2023 code (commit ab902e3) and zero read-outs
     "processed_inputs": dict(gradient_processing=True, mlp_sizes=(16, 16), zero_readout=True),
     "no_pipeline": dict(pipeline=False),
-    **{f"{name}{suffix}": dict(settings, env_name=name, pipeline=not suffix, run_dir=f"runs/optim4rl_{name}{suffix}")
+    **{f"{name}{suffix}": dict({"env_name": name, **settings}, pipeline=not suffix,
+                               run_dir=f"runs/optim4rl_{name}{suffix}")
        for name, settings in (("small_dense_long", dict(GRIDWORLD, agent_lr=3e-2)),  # meta_rl_sdl.json, lopt_rl_sdl
-                              ("big_dense_long", dict(GRIDWORLD, agent_lr=3e-3)), ("ant", BRAX), ("humanoid", BRAX))
+                              ("big_dense_long", dict(GRIDWORLD, agent_lr=3e-3)), ("ant", BRAX),
+                              ("humanoid", dict(BRAX, env_name=HUMANOID)))
        for suffix in ("", "_no_pipeline")},  # Table 1
     "six_gridworlds": dict(GRIDWORLD, env_name="big_dense_long", tasks=gridworld.OPTIM4RL_LEVELS, agent_lr=3e-3,
                            task_lrs=tuple(SIX_GRIDWORLD_LRS[n] for n in gridworld.OPTIM4RL_LEVELS),
                            run_dir="runs/optim4rl_six_gridworlds"),  # Sec. 6.2, App. C.4, meta_rl_grid.json
 }
+# The agent preset of each env (a2c.py's or ppo.py's PRESETS): (for meta-training units, for evaluation).
+AGENT_PRESETS = {"Catch-bsuite": ("catch", "catch"), **{name: (name, name) for name in gridworld.OPTIM4RL_LEVELS},
+                 "ant": ("ant_optim4rl_meta", "ant_optim4rl"),
+                 HUMANOID: ("humanoid_optim4rl_meta", "humanoid_optim4rl"),
+                 **{ppo.PRESETS[name]["env_name"]: (name, name)
+                    for name in ("asterix", "breakout", "freeway", "spaceinvaders")}}
 META_GRAD_CLIP_MODES = ("global_norm", "elementwise")
 ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the read-out of each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing", "zero_readout")
@@ -139,12 +148,11 @@ LOG_EPS = 1e-18  # inside log|g| (the authors' code)
 L2L_P = 10.0  # p of L2LGD^2's gradient preprocessing (Andrychowicz et al. 2016, App. A)
 
 
-def agent_config(env_name, algorithm="a2c", suffix="_optim4rl", **overrides):
-    """The a2c.py or ppo.py config of `env_name`: its preset (Optim4RL App. C, C.3; `suffix` "_optim4rl_meta" for
-    meta-training where there is one) if it has one, the defaults otherwise."""
+def agent_config(env_name, algorithm="a2c", meta=False, **overrides):
+    """The a2c.py or ppo.py config of `env_name`: its preset in AGENT_PRESETS (Optim4RL App. C, C.3; `meta`: the one
+    for meta-training) where the agent has it, the agent's defaults otherwise."""
     module, config_class = (ppo, ppo.PPOConfig) if algorithm == "ppo" else (a2c, a2c.A2CConfig)
-    preset = module.PRESETS.get(f"{env_name}{suffix}") or module.PRESETS.get(f"{env_name}_optim4rl") or next(
-        (p for p in module.PRESETS.values() if p.get("env_name") == env_name), {})
+    preset = module.PRESETS.get(AGENT_PRESETS.get(env_name, ("", ""))[not meta], {})
     return replace(config_class(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
 
 
@@ -156,7 +164,7 @@ def task_lr(config, env_name):
 
 def unit_agent_config(config, env_name=None):
     env_name = env_name or config.env_name
-    return agent_config(env_name, config.algorithm, "_optim4rl_meta", num_envs=config.envs_per_unit,
+    return agent_config(env_name, config.algorithm, meta=True, num_envs=config.envs_per_unit,
                         learning_rate=task_lr(config, env_name))
 
 

@@ -153,7 +153,7 @@ PRESETS = {
     # batch 1024 x 8 minibatches over 2048 envs, 5-step unrolls, 4 epochs, value net (64,)*5 (optim4rl_metagrad.py).
     "ant_optim4rl": dict(BRAX_PPO, env_name="ant", num_envs=4096, num_steps=80, unroll_length=5, num_minibatches=32,
                          update_epochs=4, ent_coef=1e-2, reward_scale=10.0),
-    "humanoid_optim4rl": dict(BRAX_PPO, env_name="humanoid", num_envs=2048, num_steps=160, unroll_length=10,
+    "humanoid_optim4rl": dict(BRAX_PPO, env_name="humanoid@brax-0.9.4", num_envs=2048, num_steps=160, unroll_length=10,
                               num_minibatches=32, update_epochs=8, ent_coef=1e-3, reward_scale=0.1),
 }
 PRESETS.update({f"{name}_meta": dict(PRESETS[name], num_envs=2048, num_steps=20, unroll_length=5, num_minibatches=8,

@@ -1,4 +1,4 @@
-"""Brax PPO as each paper ran it (gridworld.py's Brax env and normalisation, ppo.py's heads and Brax presets): the
+"""Brax PPO as each paper ran it (wrappers.py's Brax env and normalisation, ppo.py's heads and Brax presets): the
 presets against the authors' configs, Brax
 envs that build and train, the running normalisation against numpy, the policy heads against hand computations, and
 Brax's unroll advantages against Brax's own compute_gae."""
