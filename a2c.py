@@ -14,14 +14,7 @@ jitted program.
 The optimizer receives the same context as in `ppo.py` (training proportion, dormancy, layer proportion, actor mask,
 key; batch proportion is 0: A2C makes one update per batch).
 """
-import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
+import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 from dataclasses import dataclass
 
 import distrax
@@ -30,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 import wrappers
-from ppo import (Agent, check_wandb, dormancy_scores, gae, hand_designed, last_episode_return, network_context,
-                 optimizer_step, parse_config, train_and_report)
+from ppo import (Agent, dormancy_scores, gae, hand_designed, last_episode_return, network_context, optimizer_step,
+                 train_and_report)
 from ppo import make_train as ppo_make_train
 
 
@@ -84,7 +77,7 @@ def validate(config):
                          f"{', '.join(discrete)}")
     if config.torso not in ("mlp", "conv"):
         raise ValueError(f"unknown torso {config.torso!r}; valid: mlp, conv")
-    check_wandb(config.wandb)
+    runs.check_wandb(config.wandb)
     for field in ("num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes", "num_seeds"):
         if getattr(config, field) < 1:
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
@@ -199,4 +192,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    main(parse_config(A2CConfig, PRESETS))
+    main(runs.parse_config(A2CConfig, PRESETS))

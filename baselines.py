@@ -14,21 +14,15 @@ Appendix C.2, Tables 4-6; Optim4RL Section 6.1).
    Adam's return normalises OPEN's multi-task fitness, and 0.1 x Adam's learning rate is the learning rate of the
    Optim4RL-by-ES baseline. The whole sweep of one task, all optimizers, settings and seeds, is one jitted program.
 2. The report: every tuned optimizer and every learned optimizer in `learned` (files written by open_es.py or
-   optim4rl_metagrad.py) trains PPO on `eval_seeds` held-out seeds of each task, through ppo.compare (per task:
+   optim4rl_metagrad.py) trains PPO on `eval_seeds` held-out seeds of each task, through runs.compare (per task:
    <task>.md, .json, .png); across tasks, IQM and mean final return normalised by tuned Adam with 95% stratified
    bootstrap CIs (rliable; Agarwal et al., 2021), in results.md and iqm.png.
 3. The learned baselines of OPEN Sec. 6.1, trained by open_es.py's ES (`learned_baseline`): 'No Features' (gradient
    and momenta only) and Optim4RL (Lan et al.) at OPEN's sizes and a fixed 0.1 x tuned Adam's learning rate. Optim4RL's
    own ablations train by meta-gradients: `python optim4rl_metagrad.py --architecture linear_optim` (or l2lgd2).
 """
+import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import itertools
 import json
 import time
@@ -98,7 +92,7 @@ def validate(config):
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     if not config.tasks:
         raise ValueError(f"tasks is empty; choose from {', '.join(TASKS)}")
-    ppo.check_wandb(config.wandb)
+    runs.check_wandb(config.wandb)
     if config.mode not in MODES:
         raise ValueError(f"unknown mode {config.mode!r}; valid: {', '.join(MODES)}")
     for name in config.optimizers:
@@ -123,7 +117,7 @@ def validate(config):
         load_learned(path)  # a bad file is refused here, before anything compiles
     if config.mode == "report":
         for task in config.tasks:
-            ppo.tuned_settings(config.tuned_path, TASKS[task].env_name, config.optimizers)
+            runs.tuned_settings(config.tuned_path, TASKS[task].env_name, config.optimizers)
     for task in config.tasks:
         ppo.validate(TASKS[task])
 
@@ -186,17 +180,17 @@ def tune(config, task):
         edge = setting["learning_rate"] in (grids[name]["learning_rate"].min(), grids[name]["learning_rate"].max())
         print(f"  {name:8s} best of {len(returns[name]):3d}: " + ", ".join(f"{k} {v:.4g}" for k, v in setting.items())
               + f"  -> mean final return {mean:.3f}" + ("  (learning rate at the edge of the range)" * edge))
-        ppo.record(config.out_dir, {"mode": "tune", "task": task, "optimizer": name, **setting,
+        runs.record(config.out_dir, {"mode": "tune", "task": task, "optimizer": name, **setting,
                                     "final_return": mean, "edge_of_range": bool(edge)}, config.wandb)
     os.makedirs(config.out_dir, exist_ok=True)
-    ppo.write_atomic(os.path.join(config.out_dir, f"sweep_{task}.json"), json.dumps(
+    runs.write_atomic(os.path.join(config.out_dir, f"sweep_{task}.json"), json.dumps(
         {name: dict({k: v.tolist() for k, v in grids[name].items()}, final_returns=np.asarray(returns[name]).tolist())
          for name in grids}, indent=1))
     for path in (os.path.join(config.out_dir, "tuned.json"),) + (config.tuned_path,) * config.update_tuned:
         existing = read_json(path) if os.path.exists(path) else {}
         existing.setdefault(task_config.env_name, {"optimizers": {}})["optimizers"].update(tuned)
         existing[task_config.env_name]["ppo"] = asdict(task_config)
-        ppo.write_atomic(path, json.dumps(existing, indent=1))
+        runs.write_atomic(path, json.dumps(existing, indent=1))
     return tuned
 
 
@@ -226,7 +220,7 @@ def train_learned_baseline(config):
     learned = None
     if config.learned_baseline == "optim4rl":
         if not es.optim4rl_learning_rate:
-            adam_lr = ppo.tuned_settings(config.tuned_path, es.ppo.env_name, ["adam"])["adam"]["learning_rate"]
+            adam_lr = runs.tuned_settings(config.tuned_path, es.ppo.env_name, ["adam"])["adam"]["learning_rate"]
             es = replace(es, optim4rl_learning_rate=0.1 * adam_lr)
             print(f"Optim4RL's learning rate: 0.1 x tuned Adam's {adam_lr:.4g} ({config.tuned_path})")
         learned = optim4rl_by_es(es)
@@ -247,7 +241,7 @@ def load_learned(path):
                          f"directory)")
     if path.endswith(".npy"):
         return label, *open_es.learned_optimizer(path)
-    payload = ppo.load_checkpoint(path)
+    payload = runs.load_checkpoint(path)
     es = open_es.config_from_dict(json.loads(payload["config"]))
     if es.optimizer != "optim4rl":
         return label, *open_es.learned_optimizer(path)
@@ -257,19 +251,19 @@ def load_learned(path):
 
 # ----------------------------------------------------------------------------------------------- the report
 def evaluate_task(config, task, learned, tuned_path):
-    """Every tuned and learned optimizer on `task`'s held-out seeds (ppo.compare: out_dir/<task>.md, .json, .png)."""
+    """Every tuned and learned optimizer on `task`'s held-out seeds (runs.compare: out_dir/<task>.md, .json, .png)."""
     task_config = TASKS[task]
     steps = ppo.optimizer_steps(task_config)
     candidates = {name: (ppo.hand_designed(name, steps), {k: jnp.float32(v) for k, v in setting.items()
                                                           if k not in ("final_return", "num_seeds")})
-                  for name, setting in ppo.tuned_settings(tuned_path, task_config.env_name, config.optimizers).items()}
+                  for name, setting in runs.tuned_settings(tuned_path, task_config.env_name, config.optimizers).items()}
     candidates.update({label: (fn, params) for label, fn, params in learned})
-    results = ppo.compare({name: (make_run(task_config, fn), params) for name, (fn, params) in candidates.items()},
-                          ppo.held_out_keys(config.eval_seeds), task_config.num_envs * task_config.num_steps,
+    results = runs.compare({name: (make_run(task_config, fn), params) for name, (fn, params) in candidates.items()},
+                          runs.held_out_keys(config.eval_seeds), task_config.num_envs * task_config.num_steps,
                           os.path.join(config.out_dir, task), f"PPO on {task_config.env_name} ({task}), "
                           f"{task_config.total_timesteps:,} steps", reps=config.bootstrap_reps)
     for name, r in results.items():
-        ppo.record(config.out_dir, {"mode": "report", "task": task, "optimizer": name,
+        runs.record(config.out_dir, {"mode": "report", "task": task, "optimizer": name,
                                     "mean_final_return": float(r["final"].mean())}, config.wandb)
     return results
 
@@ -286,7 +280,7 @@ def report(config, tuned_path):
     estimates = {}
     if len(config.tasks) > 1 and "adam" in config.optimizers:
         names = list(results[config.tasks[0]])
-        estimates = ppo.interval_estimates(
+        estimates = runs.interval_estimates(
             {n: np.stack([results[t][n]["final"] / results[t]["adam"]["final"].mean() for t in config.tasks], 1)
              for n in names}, config.bootstrap_reps, config.seed)
         cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
@@ -296,7 +290,7 @@ def report(config, tuned_path):
                                   + [f"| {n} | {cell(e[0])} | {cell(e[1])} |" for n, e in estimates.items()]) + "\n")
         plot_iqm(estimates, os.path.join(config.out_dir, "iqm.png"))
     table = "\n".join(sections)
-    ppo.write_atomic(os.path.join(config.out_dir, "results.md"), table)
+    runs.write_atomic(os.path.join(config.out_dir, "results.md"), table)
     print(f"\nresults.md, <task>.md/.json/.png{' and iqm.png' * bool(estimates)} in {config.out_dir}")
     return results, estimates
 
@@ -311,7 +305,7 @@ def plot_iqm(estimates, path):
     intervals = {n: estimates[n][:, 1:].T for n in names}
     fig, _ = plot_utils.plot_interval_estimates(points, intervals, ["IQM", "Mean"], names,
                                                 xlabel="final return / tuned Adam's mean", xlabel_y_coordinate=-0.8)
-    ppo.save_figure(fig, path)
+    runs.save_figure(fig, path)
 
 
 def main(config):
@@ -331,4 +325,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    main(ppo.parse_config(BaselinesConfig, PRESETS))
+    main(runs.parse_config(BaselinesConfig, PRESETS))

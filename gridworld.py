@@ -21,14 +21,7 @@ width blocked, slots past `num_objects` unused), so levels can be sampled inside
     levels = jax.vmap(lambda k: sample_level(k, env))(keys)     # OPEN's distribution (Table 8), one level per env
     env, params = make("big_dense_long", respawn="next_step")   # one rule changed
 """
-import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
+import runs  # noqa: F401  first: its XLA and OpenBLAS settings must come before jax starts
 
 import argparse
 import dataclasses

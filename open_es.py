@@ -30,36 +30,14 @@ pair; `--separated` distinct actor and critic meta-parameters; `--ablate` remove
 trains any other learned optimizer by the same ES (baselines.py: Optim4RL, Sec. 6.1). The population axis is split
 over every device (`jax.shard_map`), across hosts with `--coordinator` (`jax.distributed`).
 """
-import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import sys
 
-
-def start_distributed(argv):
-    """Multi-host: join jax.distributed before anything starts the XLA backend (importing gymnax does), so the script
-    reads OpenConfig's --coordinator, --num-processes and --process-id here, ahead of the other imports."""
-    import argparse
-    import jax
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--coordinator", default="")
-    parser.add_argument("--num-processes", type=int, default=1)
-    parser.add_argument("--process-id", type=int, default=0)
-    args = parser.parse_known_args(argv)[0]
-    if args.coordinator:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
-        jax.distributed.initialize(*(() if args.coordinator == "auto" else
-                                     (args.coordinator, args.num_processes, args.process_id)))
-
+import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 
 if __name__ == "__main__":
-    start_distributed(sys.argv[1:])
+    runs.start_distributed(sys.argv[1:])  # before gymnax starts XLA
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -179,7 +157,7 @@ def validate(config, learned=False):
     """Refuse bad settings with a message naming the value, before anything compiles. `learned`: meta_train is given
     another learned optimizer, named by config.optimizer."""
     ppo.validate(config.ppo)
-    ppo.check_wandb(config.wandb)
+    runs.check_wandb(config.wandb)
     if config.population_size < 2 or config.population_size % 2:
         raise ValueError(f"population_size must be even and at least 2 for antithetic sampling, "
                          f"got {config.population_size}")
@@ -223,7 +201,7 @@ def adam_references(config):
         if len(references) != len(config.tasks):
             raise ValueError(f"adam_returns has {len(references)} values for {len(config.tasks)} tasks")
     else:
-        references = np.array([ppo.tuned_settings(config.tuned_path, task, ["adam"])["adam"]["final_return"]
+        references = np.array([runs.tuned_settings(config.tuned_path, task, ["adam"])["adam"]["final_return"]
                                for task in config.tasks])
     if not np.all(references > 0):
         raise ValueError(f"Adam's returns must be positive to normalise by them, got {references.tolist()}")
@@ -532,7 +510,7 @@ def load_optimizer(path):
     A file must hold its input order ("inputs"), the authors' (INPUTS); any other is refused."""
     if path.endswith(".npy"):
         return load_authors_optimizer(path)
-    payload = ppo.load_checkpoint(path)
+    payload = runs.load_checkpoint(path)
     config = config_from_dict(json.loads(payload["config"]))
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"{path} holds {LABELS.get(config.optimizer, config.optimizer)} trained by ES, not an OPEN "
@@ -570,16 +548,16 @@ def meta_train(config, learned=None):
     unravel = jax.flatten_util.ravel_pytree(meta_params)[1]
     state = es.init(jax.random.PRNGKey(config.seed), meta_params, es.default_params)
     generation = make_generation(es, make_member_returns(config, optimizer_fn), paired=config.task_sampling)
-    keys = ppo.held_out_keys(config.eval_seeds)
+    keys = runs.held_out_keys(config.eval_seeds)
     held_out = jax.jit(lambda params: make_scores(config, optimizer_fn)(params, keys).mean())
     history = {"mean_return": [], "best_return": [], "non_finite": [], "sigma": [], "eval_generation": [],
                "eval_return": []}
     best = {"return": -np.inf, "generation": 0, "meta_params": meta_params}
     start = 0
-    saved = ppo.load_checkpoint(checkpoint_path)
+    saved = runs.load_checkpoint(checkpoint_path)
     if saved is not None:
         stored = {**architecture(OpenConfig()), **json.loads(saved["config"])}
-        ppo.refuse_other(checkpoint_path, "another optimizer or population", stored, architecture(config))
+        runs.refuse_other(checkpoint_path, "another optimizer or population", stored, architecture(config))
         if learned is None and json.loads(saved.get("inputs", "[]")) != list(INPUTS):
             raise ValueError(f"{checkpoint_path} was written with this repo's earlier input order; it cannot be "
                              f"resumed: choose a new out_dir")
@@ -592,7 +570,7 @@ def meta_train(config, learned=None):
 
     def log(line):  # the printed line's fields, in out_dir/metrics.jsonl (process 0)
         if jax.process_index() == 0:
-            ppo.record(config.out_dir, line, config.wandb)
+            runs.record(config.out_dir, line, config.wandb)
 
     def evaluate_mean(g):
         value = float(held_out(unravel(state.mean)))
@@ -622,13 +600,13 @@ def meta_train(config, learned=None):
         if (g + 1) % config.eval_every == 0 or g + 1 == config.generations:
             evaluate_mean(g + 1)
         if (g + 1) % config.checkpoint_every == 0 or g + 1 == config.generations:
-            ppo.save_checkpoint(checkpoint_path, {
+            runs.save_checkpoint(checkpoint_path, {
                 "config": json.dumps(asdict(config)), "inputs": json.dumps(INPUTS), "generation": g + 1,
                 "es_state": serialization.to_state_dict(state),
                 "history": {k: np.asarray(v, np.float64) for k, v in history.items()},
                 "best": {"return": best["return"], "generation": best["generation"],
                          "meta_params": serialization.to_state_dict(best["meta_params"])}})
-    ppo.write_atomic(os.path.join(config.out_dir, "optimizer.msgpack"), serialization.msgpack_serialize({
+    runs.write_atomic(os.path.join(config.out_dir, "optimizer.msgpack"), serialization.msgpack_serialize({
         "config": json.dumps(asdict(config)), "inputs": json.dumps(INPUTS),
         "meta_params": serialization.to_state_dict(best["meta_params"]), "generation": best["generation"],
         "held_out_return": best["return"]}))
@@ -648,7 +626,7 @@ def plot_fitness(history, path):
     ax.plot(history["eval_generation"], history["eval_return"], "o-", label="ES mean, held-out seeds")
     ax.set(xlabel="generation", ylabel="final return", title="OPEN meta-training")
     ax.legend()
-    ppo.save_figure(fig, path)
+    runs.save_figure(fig, path)
 
 
 def task_ppo(config, task):
@@ -659,15 +637,15 @@ def task_ppo(config, task):
 
 
 def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
-    """The learned optimizer and Adam (ppo_config's) on `eval_seeds` held-out seeds of ppo_config's env (ppo.compare:
+    """The learned optimizer and Adam (ppo_config's) on `eval_seeds` held-out seeds of ppo_config's env (runs.compare:
     one program; <out_path>.md, .json, .png); a gridworld distribution gives each seed its own level."""
     if ppo_config.env_name in gridworld.DISTRIBUTIONS:
         ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
     adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
     runs = {LABELS.get(config.optimizer, config.optimizer): (optimizer_fn, meta_params),
             "Adam": (adam, ppo.hyperparameters(ppo_config))}
-    return ppo.compare({name: (ppo.on_levels(ppo.make_train(ppo_config, fn), ppo_config.env_name), params)
-                        for name, (fn, params) in runs.items()}, ppo.held_out_keys(config.eval_seeds),
+    return runs.compare({name: (ppo.on_levels(ppo.make_train(ppo_config, fn), ppo_config.env_name), params)
+                        for name, (fn, params) in runs.items()}, runs.held_out_keys(config.eval_seeds),
                        ppo_config.num_envs * ppo_config.num_steps, out_path,
                        f"{' vs '.join(runs)} on {ppo_config.env_name}: PPO, {ppo_config.total_timesteps:,} steps "
                        f"(time limit: {ppo_config.time_limit})")
@@ -696,7 +674,7 @@ def generalisation(config, optimizer_fn, meta_params, out_dir):
                          f"{aggregate_iqm(learned[:, None]):.3f}, {aggregate_iqm(adam[:, None]):.3f} | "
                          f"{adam.mean():.3f} |")
             print(lines[-1], flush=True)
-    ppo.write_atomic(os.path.join(out_dir, "generalisation.md"), "\n".join(lines) + "\n")
+    runs.write_atomic(os.path.join(out_dir, "generalisation.md"), "\n".join(lines) + "\n")
 
 
 def main(config):
@@ -721,4 +699,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    main(ppo.parse_config(OpenConfig, PRESETS))
+    main(runs.parse_config(OpenConfig, PRESETS))

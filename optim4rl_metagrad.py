@@ -27,14 +27,8 @@ pipeline training, unit i is re-initialised when t mod m == r_i. Memory: the per
 every inner update dominate (the authors' big_dense_long needs 66 GB); `remat` recomputes them chunk by chunk in
 backprop and `unit_chunk` backpropagates through a few units at a time, so 512 units fit in about 10 GiB.
 """
+import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import functools
 import json
 import time
@@ -53,7 +47,7 @@ import a2c
 import gridworld
 import wrappers
 import ppo
-from ppo import hand_designed, hyperparameters, parse_config
+from ppo import hand_designed, hyperparameters
 
 
 @dataclass(frozen=True)
@@ -235,7 +229,7 @@ def validate(config):
     for field in ("agent_lr", "meta_lr", "meta_grad_clip"):
         if getattr(config, field) <= 0:
             raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
-    ppo.check_wandb(config.wandb)
+    runs.check_wandb(config.wandb)
     if config.eval and not os.path.exists(checkpoint_path(config.eval)):
         raise ValueError(f"eval: no checkpoint at {config.eval!r}")
     for name in task_names(config):
@@ -502,8 +496,8 @@ def _meta_training(config):
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, config, state):
-    """The whole meta-state and the config, in the repo's one checkpoint format (ppo.save_checkpoint)."""
-    ppo.save_checkpoint(path, {"config": json.dumps(asdict(config)), "optim4rl_state": serialization.to_state_dict(
+    """The whole meta-state and the config, in the repo's one checkpoint format (runs.save_checkpoint)."""
+    runs.save_checkpoint(path, {"config": json.dumps(asdict(config)), "optim4rl_state": serialization.to_state_dict(
         jax.tree.map(np.asarray, state))})
 
 
@@ -512,8 +506,8 @@ def checkpoint_path(path):
 
 
 def read_checkpoint(path):
-    """(config, payload) of a checkpoint or its run dir; a damaged file is named (ppo.load_checkpoint)."""
-    payload = ppo.load_checkpoint(checkpoint_path(path))
+    """(config, payload) of a checkpoint or its run dir; a damaged file is named (runs.load_checkpoint)."""
+    payload = runs.load_checkpoint(checkpoint_path(path))
     if payload is None or "optim4rl_state" not in payload:
         raise ValueError(f"no optim4rl_metagrad.py checkpoint at {path!r}")
     saved = json.loads(payload["config"])
@@ -536,7 +530,7 @@ def load_state(path, config):
     for names, what in ((ARCHITECTURE_FIELDS, "another architecture"),
                         ([f.name for f in fields(config) if f.name not in RUN_FIELDS + MEMORY_FIELDS],
                          "other training settings")):
-        ppo.refuse_other(f"checkpoint {path}", what, {n: getattr(saved, n) for n in names},
+        runs.refuse_other(f"checkpoint {path}", what, {n: getattr(saved, n) for n in names},
                          {n: getattr(config, n) for n in names})
     template = jax.eval_shape(make_meta_training(config).init_state, jax.random.PRNGKey(config.seed))
     state = serialization.from_state_dict(template, payload["optim4rl_state"])
@@ -579,14 +573,14 @@ def meta_train(config):
         print(f"meta-step {line['meta_step']}/{config.num_meta_steps}  outer loss {line['outer_loss']:.4f}  "
               f"train return {returns}  meta-grad norm {line['meta_grad_norm']:.3g}  "
               f"skipped {line['skipped']}  ({line['seconds']:.1f} s)", flush=True)
-        ppo.record(config.run_dir, line, config.wandb)
+        runs.record(config.run_dir, line, config.wandb)
     return state
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
 def evaluate(config, meta_params, out_dir):
     """Train fresh agents on the evaluation env (A2C; PPO on Brax, Sec. 6.2) with the learned optimizer, the untrained
-    one, Adam and RMSprop, `eval_seeds` seeds each (ppo.compare, with the paper's 90% t-intervals, Sec. 6): the
+    one, Adam and RMSprop, `eval_seeds` seeds each (runs.compare, with the paper's 90% t-intervals, Sec. 6): the
     learned ones at the agent lr (eval_agent_config), the hand-designed ones at it too or at each of
     eval_baseline_lrs. Writes eval_<env>.md, .json and .png in out_dir."""
     validate(config)
@@ -603,7 +597,7 @@ def evaluate(config, meta_params, out_dir):
             name = f"{label} (lr {baseline_lr:g})" if config.eval_baseline_lrs else label
             runs[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
     trains = {fn: ppo.on_levels(make_train(agent_cfg, fn), agent_cfg.env_name) for fn, _ in runs.values()}
-    return ppo.compare({name: (trains[fn], params) for name, (fn, params) in runs.items()},
+    return runs.compare({name: (trains[fn], params) for name, (fn, params) in runs.items()},
                        jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds)),
                        steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),
                        f"{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps, lr "
@@ -629,4 +623,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    main(parse_config(Optim4RLConfig, PRESETS))
+    main(runs.parse_config(Optim4RLConfig, PRESETS))

@@ -34,21 +34,9 @@ observations after it, as Brax's PPO does; otherwise each observation is merged 
 ("training_return": the mean over envs of each env's last completed training episode return, 0 for an env without
 one, at the end of training; rl_optimizer/train.py and eval.py).
 """
-import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
-import argparse
-import importlib.util
-import io
-import json
+import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 import time
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import distrax
@@ -57,9 +45,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
-import tyro
-from flax import serialization
 from gymnax.environments import spaces
 
 import gridworld
@@ -171,7 +156,7 @@ def validate(config):
     for field, valid in CHOICES.items():
         if getattr(config, field) not in valid:
             raise ValueError(f"unknown {field} {getattr(config, field)!r}; valid: {', '.join(valid)}")
-    check_wandb(config.wandb)
+    runs.check_wandb(config.wandb)
     for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
                   "eval_episodes", "num_seeds", "episode_length"):
         if getattr(config, field) < 1:
@@ -603,39 +588,10 @@ def log_progress(seed, update_index, num_updates, metrics, config):
                 "loss": float(metrics["loss"]), "dormant": float(metrics["dormant_fraction"])}
         print(f"seed {line['seed']}  update {line['update']}/{num_updates}  return {line['return']:.2f}  "
               f"loss {line['loss']:.4f}  dormant {line['dormant']:.2f}", flush=True)
-        record(config.run_dir, line, config.wandb)
+        runs.record(config.run_dir, line, config.wandb)
 
     jax.lax.cond((update_index % config.log_every == 0) | (update_index == num_updates - 1),
                  lambda: jax.debug.callback(show, seed, update_index, metrics), lambda: None)
-
-
-def record(run_dir, line, use_wandb=False):
-    """Every run's machine-readable log: append `line` (the fields of a printed progress line) as one JSON object to
-    `<run_dir>/metrics.jsonl`; with `use_wandb`, log it to Weights & Biases too (a run in `run_dir`, started by the
-    first record; WANDB_MODE=offline needs no account)."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as file:
-        file.write(json.dumps(line) + "\n")
-    if use_wandb:
-        import wandb  # an optional extra
-        (wandb.run or wandb.init(project="learned-optimizers-rl", dir=run_dir,
-                                 name=os.path.basename(os.path.normpath(run_dir)))).log(line)
-
-
-def check_wandb(use_wandb):
-    if use_wandb and importlib.util.find_spec("wandb") is None:
-        raise ValueError("wandb = True, but wandb is not installed; valid: wandb = False, or pip install wandb")
-
-
-def parse_config(config_class, presets, argv=None):
-    """`--preset NAME` picks a preset (a dict of overrides); every config field can then be set by a flag."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--preset", default="default")
-    known, rest = parser.parse_known_args(argv)
-    if known.preset not in presets:
-        raise SystemExit(f"unknown preset {known.preset!r}; valid: {', '.join(presets)}")
-    return tyro.cli(config_class, default=replace(config_class(), **presets[known.preset]), args=rest,
-                    description=f"Presets (--preset): {', '.join(presets)}")
 
 
 def train_and_report(algorithm, config, train):
@@ -651,80 +607,9 @@ def train_and_report(algorithm, config, train):
           f"(compile included)")
     for seed, value in zip(np.asarray(seeds), final):
         print(f"  seed {seed}: final return {value:.2f}")
-        record(config.run_dir, {"seed": int(seed), "final_return": float(value)}, config.wandb)
+        runs.record(config.run_dir, {"seed": int(seed), "final_return": float(value)}, config.wandb)
     print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
     return out
-
-
-# ----------------------------------------------------------------------------------------------- files
-def write_atomic(path, data):
-    """Write `data` (bytes or text) to a temporary file beside `path`, then rename it over `path`: a reader never sees
-    a half-written file. Under jax.distributed only process 0 writes."""
-    if jax.process_index():
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(f"{path}.tmp", "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f"{path}.tmp", path)
-
-
-def save_checkpoint(path, payload):
-    """Both meta-learners' checkpoint: flax msgpack of `payload` (nested dicts of arrays, numbers and strings), written
-    atomically; the checkpoint it replaces is kept as `<path>.prev`."""
-    write_atomic(f"{path}.new", serialization.msgpack_serialize(payload))
-    if jax.process_index() == 0:
-        if os.path.exists(path):
-            os.replace(path, f"{path}.prev")
-        os.replace(f"{path}.new", path)
-
-
-def load_checkpoint(path):
-    """The payload of checkpoint `path`, None if there is none. A damaged one (truncated, not msgpack) is reported by
-    name and the previous checkpoint, `<path>.prev`, is read instead."""
-    for candidate in (path, f"{path}.prev"):
-        if not os.path.exists(candidate):
-            continue
-        try:
-            with open(candidate, "rb") as f:
-                return serialization.msgpack_restore(f.read())
-        except Exception as error:  # msgpack's errors for a truncated or garbled file have no common base
-            print(f"checkpoint {candidate} is damaged ({type(error).__name__}: {error}); trying {path}.prev")
-    if os.path.exists(path) or os.path.exists(f"{path}.prev"):
-        raise ValueError(f"checkpoint {path} is damaged and has no readable previous checkpoint {path}.prev; "
-                         f"delete it to start afresh")
-    return None
-
-
-def refuse_other(path, what, stored, current):
-    """Refuse a file written with other settings {field: value}, naming each differing field."""
-    diff = [f"{n} = {stored.get(n)!r} there, {v!r} here" for n, v in current.items() if stored.get(n) != v]
-    if diff:
-        raise ValueError(f"{path} is of {what}: " + ", ".join(diff))
-
-
-def tuned_settings(path, env_name, optimizers):
-    """{optimizer: tuned setting (learning_rate, b1, b2, decay, anneal, final_return, ...)} for `env_name` from the
-    tuned settings file of baselines.py (trained/tuned.json ships them), or an error naming what is missing."""
-    if not os.path.exists(path):
-        raise ValueError(f"no tuned settings at {path!r}: run `python baselines.py --mode tune` first")
-    with open(path) as f:
-        by_env = json.load(f)
-    missing = [name for name in optimizers if name not in by_env.get(env_name, {}).get("optimizers", {})]
-    if missing:
-        raise ValueError(f"no tuned {', '.join(missing)} for {env_name!r} in {path}; it has: "
-                         + ", ".join(f"{e} ({', '.join(t['optimizers'])})" for e, t in by_env.items()))
-    return {name: by_env[env_name]["optimizers"][name] for name in optimizers}
-
-
-def save_figure(fig, path):
-    """A matplotlib figure as a PNG, written atomically (write_atomic), then closed."""
-    import matplotlib.pyplot as plt
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=100, format="png", bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------- comparisons
@@ -739,97 +624,6 @@ def on_levels(train, env_name):
                                                gridworld.sample_level(jax.random.fold_in(key, 1), env))
 
 
-def held_out_keys(num_seeds, first=10_000):
-    """Evaluation seeds, apart from the seeds of meta-training and tuning."""
-    return jax.vmap(jax.random.PRNGKey)(jnp.arange(first, first + num_seeds))
-
-
-def interval_estimates(scores, reps=2000, seed=0):
-    """{name: array (2, 3)}: IQM and mean (rows) of a (runs, tasks) score matrix per name, as point, lower and upper
-    bound (columns) of the 95% stratified bootstrap confidence interval (rliable; Agarwal et al., 2021)."""
-    from rliable import library as rly
-    from rliable import metrics as rly_metrics
-    aggregate = lambda x: np.array([rly_metrics.aggregate_iqm(x), rly_metrics.aggregate_mean(x)])  # noqa: E731
-    with warnings.catch_warnings():  # arch deprecates RandomState, which rliable passes on: keep it, reproducibly
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = rly.get_interval_estimates(scores, aggregate, reps=reps,
-                                                       random_state=np.random.RandomState(seed))
-    return {name: np.stack([points[name], intervals[name][0], intervals[name][1]], 1) for name in scores}
-
-
-def t_interval(values, level=0.90):
-    """Mean over seeds (axis 0) and the half-width of its Student-t interval, t_{(1 + level) / 2, N - 1} * std /
-    sqrt(N) with the sample std (Optim4RL Sec. 6: 90% confidence intervals over 10 runs)."""
-    values = np.asarray(values, np.float64)
-    half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(0, ddof=1) / np.sqrt(len(values))
-    return values.mean(0), half
-
-
-def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_level=None, curve_points=40):
-    """The evaluator of every script: train each candidate {name: (run, optimizer_params)} (`run(key,
-    optimizer_params)` -> make_train's output, e.g. `on_levels(make_train(...), env_name)`) on every key, all in one
-    jitted program, and write
-        <out_path>.json  every seed's final return (evaluation of the final policy) and training return (the OPEN
-                         authors' metric, PPO), and the estimates below
-        <out_path>.md    IQM and mean final return with 95% stratified bootstrap CIs; with `t_level` (the Optim4RL
-                         paper's 0.9) also the mean's Student-t interval
-        <out_path>.png   return curves: IQM over seeds with 95% bootstrap CIs (rliable's sample-efficiency plot)
-    Returns {name: {"final": (seeds,), "training": (seeds,), "curve": (seeds, updates)}}."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from rliable import library as rly
-    from rliable import plot_utils
-    from rliable.metrics import aggregate_iqm
-    runs = {name: jax.vmap(run, in_axes=(0, None)) for name, (run, _) in candidates.items()}
-    program = jax.jit(lambda params: {name: runs[name](keys, params[name]) for name in runs})
-    start = time.time()
-    out = jax.device_get(program({name: params for name, (_, params) in candidates.items()}))
-    results = {name: {"final": np.asarray(out[name]["final_return"], np.float64),  # in the candidates' order
-                      "training": np.asarray(out[name]["training_return"], np.float64),
-                      "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
-    seconds = time.time() - start
-    estimates = interval_estimates({n: r["final"][:, None] for n, r in results.items()}, reps)
-    cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
-    lines = [f"# {title}", "", f"{len(keys)} held-out seeds per optimizer, trained in one program in {seconds:.0f} s "
-             f"(compile included). Final return: evaluation of the final policy; 95% stratified bootstrap CIs "
-             f"(rliable, {reps} resamples)" + (f"; t: mean +- the {t_level:.0%} Student-t interval" if t_level else "")
-             + "; training: mean of the OPEN authors' metric (last completed training episode of each env).", "",
-             "| optimizer | IQM final return | mean final return |" + " t |" * bool(t_level) + " training |",
-             "|---|---|---|" + "---|" * bool(t_level) + "---|"]
-    summary = {}
-    for name, r in results.items():
-        t = t_interval(r["final"], t_level) if t_level else None
-        training = f"{r['training'].mean():.3f}"
-        lines.append(f"| {name} | {cell(estimates[name][0])} | {cell(estimates[name][1])} |"
-                     + (f" {t[0]:.3f} +- {t[1]:.3f} |" if t else "") + f" {training} |")
-        summary[name] = {"final_returns": r["final"].tolist(), "iqm": estimates[name][0].tolist(),
-                         "mean": estimates[name][1].tolist(), **({"t_interval": list(map(float, t))} if t else {}),
-                         "training_returns": r["training"].tolist()}
-    table = "\n".join(lines) + "\n"
-    write_atomic(f"{out_path}.md", table)
-    write_atomic(f"{out_path}.json", json.dumps(summary, indent=1))
-    curves = {n: r["curve"] for n, r in results.items()}
-    finite = np.flatnonzero(np.all([np.isfinite(c).all(0) for c in curves.values()], 0))  # after a first episode
-    frames = finite[np.unique(np.linspace(0, len(finite) - 1, curve_points).astype(int))] if len(finite) else finite
-    if len(frames):
-        with warnings.catch_warnings():  # as in interval_estimates
-            warnings.simplefilter("ignore", FutureWarning)
-            points, intervals = rly.get_interval_estimates(
-                {n: c[:, None, frames] for n, c in curves.items()},
-                lambda x: np.array([aggregate_iqm(x[..., f]) for f in range(x.shape[-1])]), reps=min(reps, 500),
-                random_state=np.random.RandomState(0))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        plot_utils.plot_sample_efficiency_curve((frames + 1) * steps_per_update, points, intervals, list(curves),
-                                                xlabel="environment steps", ylabel="IQM training return", ax=ax,
-                                                labelsize="medium", ticklabelsize="small")
-        ax.set_title(title, fontsize="medium")
-        ax.legend(fontsize="small")
-        save_figure(fig, f"{out_path}.png")
-    print("\n" + table + f"({out_path}.md, .json, .png)", flush=True)
-    return results
-
-
 def main(config):
     validate(config)
     anneal = optimizer_steps(config) if config.anneal_lr else None
@@ -837,4 +631,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    main(parse_config(PPOConfig, PRESETS))
+    main(runs.parse_config(PPOConfig, PRESETS))

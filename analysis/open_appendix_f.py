@@ -23,14 +23,10 @@ p is the parameter before the update; entries with p_i = 0 (biases at initialisa
 paper's mean over parameters is dominated by the few parameters near 0, so the plots also show the median.
 """
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runs  # noqa: E402  first: its XLA and OpenBLAS settings must come before jax starts
 import time
 from dataclasses import dataclass, replace
 
@@ -41,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import open_es  # noqa: E402
 import ppo  # noqa: E402
 from ppo import PPOConfig  # noqa: E402
@@ -208,7 +203,7 @@ def plot_all(runs, config, out_dir):
     ax.set(xlabel="environment steps", ylabel="fraction of dormant neurons (tau = 0)",
            title=f"F.1 dormancy of the actor: {title}")
     ax.legend()
-    ppo.save_figure(fig, paths["dormancy"])
+    runs.save_figure(fig, paths["dormancy"])
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True)
     panels = [("gradient", lambda s: s["cos_gradient"])] + [
@@ -225,7 +220,7 @@ def plot_all(runs, config, out_dir):
     axes.flat[0].legend()
     axes.flat[-1].axis("off")
     fig.suptitle(f"F.2 cosine similarity of the update with the gradient and momenta: {title}")
-    ppo.save_figure(fig, paths["cosine_similarity"])
+    runs.save_figure(fig, paths["cosine_similarity"])
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (suffix, over) in zip(axes, (("", "mean (App. F.3)"), ("_median", "median"))):
@@ -237,7 +232,7 @@ def plot_all(runs, config, out_dir):
         ax.set(xlabel="environment steps", ylabel=f"{over} over parameters of |update_i / p_i|", yscale="log")
     axes[0].legend()
     fig.suptitle(f"F.3 normalised non-stochastic update: {title}")
-    ppo.save_figure(fig, paths["update_magnitude"])
+    runs.save_figure(fig, paths["update_magnitude"])
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, (suffix, over) in zip(axes, (("", "mean (App. F.4)"), ("_median", "median"))):
@@ -247,7 +242,7 @@ def plot_all(runs, config, out_dir):
     axes[2].set(xlabel="environment steps", ylabel="||noise part|| / ||update||",
                 title="share of the actor's update that is noise")
     fig.suptitle(f"F.4 learned stochasticity: {title}")
-    ppo.save_figure(fig, paths["stochasticity"])
+    runs.save_figure(fig, paths["stochasticity"])
     return list(paths.values())
 
 
@@ -294,11 +289,11 @@ def main(config):
     os.makedirs(config.out_dir, exist_ok=True)
     paths = plot_all(runs, config, config.out_dir)
     text = summary(runs, config, seconds)
-    ppo.write_atomic(os.path.join(config.out_dir, "summary.md"), text)
+    runs.write_atomic(os.path.join(config.out_dir, "summary.md"), text)
     print(text)
     print("plots: " + ", ".join(paths))
     return runs
 
 
 if __name__ == "__main__":
-    main(ppo.parse_config(AnalysisConfig, PRESETS))
+    main(runs.parse_config(AnalysisConfig, PRESETS))

@@ -19,24 +19,19 @@ minibatch of whole unrolls, leave truncated steps out, and merge the observation
 (ppo.py's minibatch_gae, time_limit "exclude", normalize_per_rollout).
 """
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runs  # noqa: E402  first: its XLA and OpenBLAS settings must come before jax starts
 import argparse
 import functools
 import subprocess
-import sys
 import time
 from dataclasses import replace
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import wrappers  # noqa: E402
 import ppo  # noqa: E402
 
@@ -129,7 +124,7 @@ def main():
           f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
     print(f"{'':16s} {'final return: mean [95% CI]':>35s} {'compile s':>10s} {'env steps/s':>12s}")
     for name, (returns, times) in results.items():
-        mean, half = ppo.t_interval(returns, 0.95)  # Student-t interval over seeds
+        mean, half = runs.t_interval(returns, 0.95)  # Student-t interval over seeds
         low, high = mean - half, mean + half
         compiling = times[0][1] if name.startswith("ppo.py") else np.mean([c for _, c in times])
         speed = config.total_timesteps / np.mean([wall - c for wall, c in times])

@@ -7,20 +7,15 @@
     python bench/bench_open.py [--updates 10] [--populations 8 16 32 64]
 """
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
-import argparse
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runs  # noqa: E402, F401  first: its XLA and OpenBLAS settings must come before jax starts
+import argparse
 from dataclasses import replace
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import open_es  # noqa: E402
 import ppo  # noqa: E402
 from bench_ppo import timed  # noqa: E402

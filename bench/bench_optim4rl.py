@@ -10,24 +10,19 @@ With several --units, each size runs in its own subprocess, so that each peak re
 size's alone. --compile-only reports XLA's memory plan without running (for sizes that do not fit in memory).
 """
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runs  # noqa: E402, F401  first: its XLA and OpenBLAS settings must come before jax starts
 import argparse
 import resource
 import subprocess
-import sys
 import time
 from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import a2c  # noqa: E402
 import optim4rl_metagrad as om  # noqa: E402
 import ppo  # noqa: E402

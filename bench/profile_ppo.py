@@ -9,25 +9,20 @@ Loop ops (while, conditional, call) are left out, as their time is that of the o
 Run it on a quiet machine: the shares hold under load only roughly, the times not at all.
 """
 import os
-# XLA CPU's concurrency-optimised scheduler can deadlock larger vmapped programs (every thread idle): switch it off
-# before jax starts.
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
-# threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import runs  # noqa: E402, F401  first: its XLA and OpenBLAS settings must come before jax starts
 import argparse
 import collections
 import glob
 import re
-import sys
 import tempfile
 import time
 from dataclasses import replace
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import open_es  # noqa: E402
 import ppo  # noqa: E402
 

@@ -16,6 +16,7 @@ import baselines  # noqa: E402
 import open_es  # noqa: E402
 import optim4rl_metagrad  # noqa: E402
 import ppo  # noqa: E402
+import runs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = replace(ppo.PPOConfig(), env_name="Catch-bsuite", num_envs=4, num_steps=8, total_timesteps=64,
@@ -78,7 +79,7 @@ def iqm(x):
 def test_iqm_and_bootstrap_ci_match_a_hand_computation():
     data = np.array([[0.1, 10.0], [0.4, 11.0], [0.9, 12.0], [3.0, 14.0]])  # 4 runs x 2 tasks
     # IQM by hand: the 8 scores sorted are .1, .4, .9, 3, 10, 11, 12, 14; the middle four average to 6.225.
-    estimates = ppo.interval_estimates({"x": data}, reps=20_000)["x"]
+    estimates = runs.interval_estimates({"x": data}, reps=20_000)["x"]
     assert estimates[0, 0] == pytest.approx((0.9 + 3.0 + 10.0 + 11.0) / 4)
     assert estimates[1, 0] == pytest.approx(data.mean())
     exact_iqm = exact_stratified_bootstrap(data, iqm)
@@ -159,9 +160,9 @@ def test_optim4rl_by_es_runs_at_a_tenth_of_tuned_adams_learning_rate(tmp_path):
     the update is optim4rl_metagrad's Optim4RL at OPEN's sizes."""
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps({"Catch-bsuite": {"ppo": {}, "optimizers": {"adam": {"learning_rate": 0.01}}}}))
-    assert ppo.tuned_settings(str(path), "Catch-bsuite", ["adam"])["adam"]["learning_rate"] == 0.01
+    assert runs.tuned_settings(str(path), "Catch-bsuite", ["adam"])["adam"]["learning_rate"] == 0.01
     with pytest.raises(ValueError, match="no tuned adam for 'Breakout-MinAtar' in .*tuned.json"):
-        ppo.tuned_settings(str(path), "Breakout-MinAtar", ["adam"])
+        runs.tuned_settings(str(path), "Breakout-MinAtar", ["adam"])
     es = replace(open_es.OpenConfig(), optimizer="optim4rl")
     grads = {"w": jnp.array([0.3, -2.0, 1e-4])}
     for learning_rate, expected in ((1e-3, 1e-3), (0.0, 0.1 * es.ppo.learning_rate)):  # 0: older files
@@ -187,7 +188,7 @@ def test_learned_optimizer_loads_shipped_and_baseline_files_for_ppo(tmp_path):
         meta_params = (baselines.optim4rl_by_es(config)[1] if optimizer == "optim4rl" else
                        open_es.init_meta_params(config, jax.random.PRNGKey(0)))
         files.append(str(tmp_path / f"{optimizer}.msgpack"))
-        ppo.write_atomic(files[-1], open_es.serialization.msgpack_serialize(
+        runs.write_atomic(files[-1], open_es.serialization.msgpack_serialize(
             {"config": json.dumps(asdict(config)), "inputs": json.dumps(open_es.INPUTS),
              "meta_params": open_es.serialization.to_state_dict(meta_params)}))
     params, grads = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}, {"w": jnp.linspace(0.1, 0.6, 6).reshape(3, 2)}

@@ -12,6 +12,7 @@ from flax import serialization
 
 import open_es
 import ppo
+import runs
 
 CONFIG = open_es.OpenConfig()
 TINY = replace(CONFIG, population_size=4, generations=4, eval_every=2, checkpoint_every=2, eval_seeds=2,
@@ -191,8 +192,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     interrupted = replace(TINY, out_dir=str(tmp_path / "resumed"), generations=2)
     open_es.meta_train(interrupted)  # stops after the checkpoint at generation 2, as a killed run would
     _, resumed_history = open_es.meta_train(replace(interrupted, generations=4))
-    a = ppo.load_checkpoint(os.path.join(full.out_dir, "checkpoint.msgpack"))
-    b = ppo.load_checkpoint(os.path.join(interrupted.out_dir, "checkpoint.msgpack"))
+    a = runs.load_checkpoint(os.path.join(full.out_dir, "checkpoint.msgpack"))
+    b = runs.load_checkpoint(os.path.join(interrupted.out_dir, "checkpoint.msgpack"))
     np.testing.assert_array_equal(a["es_state"]["mean"], b["es_state"]["mean"])
     assert history["mean_return"] == resumed_history["mean_return"]
     for out_dir in (full.out_dir, interrupted.out_dir):  # metrics.jsonl: the printed lines, across the resume too
@@ -210,7 +211,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_a_checkpoint_of_another_size_is_refused(tmp_path):
     path = tmp_path / "checkpoint.msgpack"
-    ppo.save_checkpoint(str(path), {"config": json.dumps({"gru_size": 16, "hidden_size": 16, "population_size": 4})})
+    runs.save_checkpoint(str(path), {"config": json.dumps({"gru_size": 16, "hidden_size": 16, "population_size": 4})})
     with pytest.raises(ValueError, match="checkpoint.msgpack is of another optimizer or population: gru_size = 16 "
                                          "there, 8 here"):
         open_es.meta_train(replace(TINY, out_dir=str(tmp_path)))
@@ -222,7 +223,7 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, 
     config = replace(TINY, out_dir=str(tmp_path / "run"), generations=4)
     _, history = open_es.meta_train(config)  # checkpoints at generations 2 and 4: the one of 2 is kept as .prev
     path = os.path.join(config.out_dir, "checkpoint.msgpack")
-    assert ppo.load_checkpoint(path + ".prev")["generation"] == 2
+    assert runs.load_checkpoint(path + ".prev")["generation"] == 2
     with open(path, "rb") as f:
         data = f.read()
     with open(path, "wb") as f:
@@ -230,7 +231,7 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, 
     _, resumed = open_es.meta_train(config)
     assert f"checkpoint {path} is damaged" in capsys.readouterr().out
     assert resumed["mean_return"] == history["mean_return"]  # generations 3 and 4 again, as before
-    assert ppo.load_checkpoint(path)["generation"] == 4
+    assert runs.load_checkpoint(path)["generation"] == 4
     with open(path, "wb") as f:
         f.write(data[:100])
     os.remove(path + ".prev")
@@ -260,20 +261,20 @@ def test_bad_input_is_refused(change, message):
 
 def test_unknown_preset_is_refused():
     with pytest.raises(SystemExit, match="unknown preset 'pong'.*breakout"):
-        ppo.parse_config(open_es.OpenConfig, open_es.PRESETS, ["--preset", "pong"])
+        runs.parse_config(open_es.OpenConfig, open_es.PRESETS, ["--preset", "pong"])
 
 
 def test_saved_state_round_trips(tmp_path):
     meta = open_es.init_meta_params(CONFIG, jax.random.PRNGKey(3))
     path = str(tmp_path / "o.msgpack")
     payload = {"config": json.dumps(asdict(CONFIG)), "meta_params": serialization.to_state_dict(meta)}
-    ppo.write_atomic(path, serialization.msgpack_serialize(dict(payload, inputs=json.dumps(open_es.INPUTS))))
+    runs.write_atomic(path, serialization.msgpack_serialize(dict(payload, inputs=json.dumps(open_es.INPUTS))))
     config, loaded = open_es.load_optimizer(path)
     assert config == CONFIG
     for a, b in zip(jax.tree.leaves(meta), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)
     # A file from before the authors' input order (no "inputs") is refused.
-    ppo.write_atomic(path, serialization.msgpack_serialize(payload))
+    runs.write_atomic(path, serialization.msgpack_serialize(payload))
     with pytest.raises(ValueError, match="o.msgpack was written before this repo followed the authors' input order"):
         open_es.load_optimizer(path)
 

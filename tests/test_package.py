@@ -6,7 +6,7 @@ import sys
 import sysconfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ("gridworld", "ppo", "a2c", "open_es", "optim4rl_metagrad", "baselines")
+MODULES = ("runs", "gridworld", "wrappers", "ppo", "a2c", "open_es", "optim4rl_metagrad", "baselines")
 
 
 def test_package_installs_into_a_fresh_venv_and_imports_from_another_directory(tmp_path):

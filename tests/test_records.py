@@ -12,6 +12,7 @@ import pytest
 import open_es
 import optim4rl_metagrad as om
 import ppo
+import runs
 
 
 def records(run_dir):
@@ -42,6 +43,6 @@ def test_ppo_run_records_each_logged_update_and_final_return_also_to_wandb_offli
 @pytest.mark.parametrize("validate, config", [(ppo.validate, ppo.PPOConfig()), (open_es.validate, open_es.OpenConfig()),
                                               (om.validate, om.Optim4RLConfig())])
 def test_wandb_without_the_package_is_refused_before_compiling(validate, config, monkeypatch):
-    monkeypatch.setattr(ppo.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(runs.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="wandb = True, but wandb is not installed; valid: wandb = False"):
         validate(replace(config, wandb=True))
