@@ -241,7 +241,7 @@ def load_learned(path):
                          f"directory)")
     if path.endswith(".npy"):
         return label, *open_es.learned_optimizer(path)
-    payload = runs.load_checkpoint(path)
+    payload = runs.read_input(path, open_es.LEARNED_FILE, ("config", "meta_params"))
     es = open_es.config_from_dict(json.loads(payload["config"]))
     if es.optimizer != "optim4rl":
         return label, *open_es.learned_optimizer(path)

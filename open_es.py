@@ -505,12 +505,15 @@ def load_authors_optimizer(path):
                                **{name: theirs["params"]["params"][k] for k, name in AUTHORS_LAYERS.items()}}}
 
 
+LEARNED_FILE = "a learned optimizer (open_es.py's optimizer.msgpack, or a .npy of the OPEN authors)"
+
+
 def load_optimizer(path):
     """(config, meta_params) of an OPEN optimizer: a file saved by `meta_train` or a released .npy of the authors.
     A file must hold its input order ("inputs"), the authors' (INPUTS); any other is refused."""
     if path.endswith(".npy"):
         return load_authors_optimizer(path)
-    payload = runs.load_checkpoint(path)
+    payload = runs.read_input(path, LEARNED_FILE, ("config", "meta_params"))
     config = config_from_dict(json.loads(payload["config"]))
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"{path} holds {LABELS.get(config.optimizer, config.optimizer)} trained by ES, not an OPEN "

@@ -518,8 +518,8 @@ def read_checkpoint(path):
 def is_checkpoint(path):
     """Whether `path` is a checkpoint of this script or a run dir holding one."""
     try:
-        return os.path.exists(checkpoint_path(path)) and bool(read_checkpoint(path))
-    except ValueError:
+        return "optim4rl_state" in runs.read_input(checkpoint_path(path), "a checkpoint", ())
+    except (OSError, ValueError):
         return False
 
 

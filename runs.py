@@ -111,6 +111,23 @@ def load_checkpoint(path):
     return None
 
 
+def read_input(path, expected, keys):
+    """The msgpack payload of a file the user names as input (a learned optimizer), holding `keys`; anything else is
+    refused saying what was found and what was `expected`. (Advice to delete belongs to a run's own checkpoint.)"""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        payload = serialization.msgpack_restore(data)
+    except Exception as error:  # as in load_checkpoint
+        found = "JSON text" if data.lstrip()[:1] in (b"{", b"[") else f"{len(data)} bytes that are not msgpack"
+        raise ValueError(f"{path} is not {expected}: it holds {found} ({type(error).__name__}), truncated or of "
+                         f"another kind") from None
+    if not isinstance(payload, dict) or any(key not in payload for key in keys):
+        found = f"keys {', '.join(map(str, payload))}" if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} is not {expected}: it holds a msgpack with {found}; expected {', '.join(keys)}")
+    return payload
+
+
 def refuse_other(path, what, stored, current):
     """Refuse a file written with other settings {field: value}, naming each differing field."""
     diff = [f"{n} = {stored.get(n)!r} there, {v!r} here" for n, v in current.items() if stored.get(n) != v]

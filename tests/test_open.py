@@ -280,7 +280,8 @@ def test_saved_state_round_trips(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- the authors' files
-AUTHORS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trained", "authors")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUTHORS = os.path.join(ROOT, "trained", "authors")
 
 
 def authors_tree(flat, gru, hidden):
@@ -378,6 +379,24 @@ def test_released_optimizer_updates_as_the_authors(name, gru, hidden):
         assert difference < 1e-5  # float32 rounding (measured about 1e-6)
         assert np.abs(u.mean()) > 1e-3 * np.abs(u).max()  # the joint zero-mean matters here
         params = jax.tree.map(lambda p, d: (p + np.asarray(d)).astype(np.float32), params, updates)
+
+
+def test_a_file_that_is_no_learned_optimizer_is_refused_as_such(tmp_path):
+    """--eval with the tuned settings (JSON), a msgpack of something else, or a truncated optimizer: the message says
+    what the file holds and what is expected, and gives no advice to delete (that is for a run's own checkpoint)."""
+    other = str(tmp_path / "other.msgpack")
+    runs.write_atomic(other, serialization.msgpack_serialize({"weights": np.zeros(3)}))
+    cut = str(tmp_path / "cut.msgpack")
+    with open(os.path.join(ROOT, "trained", "open_catch.msgpack"), "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) // 2])
+    tuned = os.path.join(ROOT, "trained", "tuned.json")
+    for path, found in ((tuned, "JSON text"), (other, "a msgpack with keys weights; expected config, meta_params"),
+                        (cut, f"{len(data) // 2} bytes that are not msgpack")):
+        with pytest.raises(ValueError, match=f"{path} is not a learned optimizer .*: it holds {found}") as error:
+            open_es.learned_optimizer(path)
+        assert "delete" not in str(error.value)
 
 
 def test_bad_npy_files_are_refused_with_the_valid_lengths(tmp_path):
