@@ -78,9 +78,8 @@ def validate(config):
     if config.torso not in ("mlp", "conv"):
         raise ValueError(f"unknown torso {config.torso!r}; valid: mlp, conv")
     runs.check_wandb(config.wandb)
-    for field in ("num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes", "num_seeds"):
-        if getattr(config, field) < 1:
-            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    runs.require_positive(config, "num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes",
+                          "num_seeds")
     if config.total_timesteps < config.num_envs * config.rollout_length:
         raise ValueError(f"total_timesteps = {config.total_timesteps} is less than one rollout "
                          f"({config.num_envs * config.rollout_length} steps)")

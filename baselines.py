@@ -61,8 +61,7 @@ class BaselinesConfig:
 
 
 TASKS = {"catch": open_es.CATCH,  # open_es.py's default inner task: Catch, 32k steps
-         **{name: replace(ppo.PPOConfig(), **ppo.PRESETS[name])
-            for name in ("asterix", "breakout", "freeway", "spaceinvaders", "ant", "gridworld")}}
+         **{name: ppo.preset(name) for name in ("asterix", "breakout", "freeway", "spaceinvaders", "ant", "gridworld")}}
 MINATAR_RANGES = {"adam": (1e-3, 1e-2), "rmsprop": (1e-3, 1e-2), "lion": (1e-4, 1e-3)}  # Table 4
 LEARNING_RATE_RANGES = {  # Tables 4-6; gridworld RMSprop and Lion are not in Table 6: Adam's range, and 10x lower
     **{name: MINATAR_RANGES for name in ("asterix", "breakout", "freeway", "spaceinvaders")},
@@ -98,9 +97,7 @@ def validate(config):
     for name in config.optimizers:
         if name not in ppo.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(ppo.OPTIMIZERS)}")
-    for field in ("num_learning_rates", "tune_seeds", "eval_seeds", "bootstrap_reps"):
-        if getattr(config, field) < 1:
-            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    runs.require_positive(config, "num_learning_rates", "tune_seeds", "eval_seeds", "bootstrap_reps")
     if config.settings_per_batch < 0:
         raise ValueError(f"settings_per_batch must be 0 (all) or positive, got {config.settings_per_batch}")
     if not config.betas or not all(0 <= b < 1 for b in config.betas):

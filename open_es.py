@@ -126,20 +126,19 @@ MINATAR_ES = dict(AUTHORS_ES, population_size=64, sigma_init=0.03, sigma_decay=0
 PRESETS = {
     "default": {},
     **{name: dict(MINATAR_ES, out_dir=f"runs/open_{name}",
-                  ppo=replace(ppo.PPOConfig(), **ppo.PRESETS[name], log_every=0))
+                  ppo=ppo.preset(name, log_every=0))
        for name in ("asterix", "breakout", "freeway", "spaceinvaders")},
     "ant": dict(AUTHORS_ES, population_size=32, sigma_init=0.01, sigma_decay=0.999, es_learning_rate=0.01,
                 es_learning_rate_decay=0.999, generations=700, eval_every=24, out_dir="runs/open_ant",
-                ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["ant"], log_every=0)),
+                ppo=ppo.preset("ant", log_every=0)),
     # Sec. 6.3, App. B.5 (GRU 16, hidden 32), Table 7 (multi-task); Adam's returns: the authors' configs.py (PPO_TEMP).
     "multitask": dict(MINATAR_ES, gru_size=16, hidden_size=32, sigma_decay=0.998, es_learning_rate_decay=0.998,
                       generations=300, eval_every=9, tasks=MINATAR_ENVS, adam_returns=(15.04, 50.08, 61.84, 167.09),
-                      out_dir="runs/open_multitask", ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["breakout"],
-                                                                 log_every=0)),
+                      out_dir="runs/open_multitask", ppo=ppo.preset("breakout", log_every=0)),
     # App. D, Table 7 (gridworld): 'all' levels, antithetic task sampling, width 16; episodes last up to 750 steps.
     "gridworld": dict(MINATAR_ES, sigma_init=0.01, es_learning_rate=0.005, es_learning_rate_decay=0.990,
                       generations=350, eval_every=9, task_sampling=True, out_dir="runs/open_gridworld",
-                      ppo=replace(ppo.PPOConfig(), **ppo.PRESETS["gridworld"], eval_max_steps=750, log_every=0)),
+                      ppo=ppo.preset("gridworld", eval_max_steps=750, log_every=0)),
     # Sec. 7.2 at CPU scale (sizes 4, 6, 8; the paper: 4-26) with Deep Sea as gymnax 0.0.6 had it (action 1 is
     # right in every cell): separated actor and critic meta-parameters; add --ablate stochasticity for the control.
     "deepsea": dict(separated=True, tasks=tuple(f"DeepSea-bsuite-{n}@gymnax-0.0.6" for n in (4, 6, 8)),
@@ -148,8 +147,7 @@ PRESETS = {
                     ppo=replace(CATCH, env_name="DeepSea-bsuite-8@gymnax-0.0.6", eval_max_steps=30, eval_episodes=64)),
     # App. I.1: the ablations' shortened Breakout (2e5 steps, 250 generations); add --ablate NAME.
     "breakout_short": dict(MINATAR_ES, generations=250, out_dir="runs/open_breakout_short",
-                           ppo=replace(ppo.PPOConfig(), **dict(ppo.PRESETS["breakout"], total_timesteps=200_000),
-                                       log_every=0)),
+                           ppo=ppo.preset("breakout", total_timesteps=200_000, log_every=0)),
 }
 
 
@@ -161,10 +159,8 @@ def validate(config, learned=False):
     if config.population_size < 2 or config.population_size % 2:
         raise ValueError(f"population_size must be even and at least 2 for antithetic sampling, "
                          f"got {config.population_size}")
-    for name in ("gru_size", "hidden_size", "num_rollouts", "generations", "eval_every", "checkpoint_every",
-                 "eval_seeds"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    runs.require_positive(config, "gru_size", "hidden_size", "num_rollouts", "generations", "eval_every",
+                          "checkpoint_every", "eval_seeds")
     if config.member_batch < 0:
         raise ValueError(f"member_batch must be 0 (automatic) or positive, got {config.member_batch}")
     if config.eval and not os.path.isfile(config.eval):

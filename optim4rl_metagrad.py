@@ -214,10 +214,8 @@ def validate(config):
     if unknown or len(set(config.tasks)) < len(config.tasks):
         raise ValueError(f"tasks must be distinct Optim4RL gridworlds, got {config.tasks}; valid: "
                          f"{', '.join(gridworld.REWARD_SCALES)}")
-    for field in ("gru_size", "num_units", "envs_per_unit", "inner_updates", "num_meta_steps", "checkpoint_every",
-                  "eval_timesteps", "remat_chunk"):
-        if getattr(config, field) < 1:
-            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    runs.require_positive(config, "gru_size", "num_units", "envs_per_unit", "inner_updates", "num_meta_steps",
+                          "checkpoint_every", "eval_timesteps", "remat_chunk")
     if config.unit_chunk < 0 or config.unit_chunk and config.num_units % config.unit_chunk:
         raise ValueError(f"unit_chunk must be 0 or divide num_units = {config.num_units}, got {config.unit_chunk}")
     if config.reset_interval < 1:
@@ -226,9 +224,7 @@ def validate(config):
         raise ValueError(f"mlp_sizes must be positive sizes, got {config.mlp_sizes}")
     if config.eval_seeds < 2:
         raise ValueError(f"eval_seeds must be at least 2 for a confidence interval, got {config.eval_seeds}")
-    for field in ("agent_lr", "meta_lr", "meta_grad_clip"):
-        if getattr(config, field) <= 0:
-            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    runs.require_positive(config, "agent_lr", "meta_lr", "meta_grad_clip")
     runs.check_wandb(config.wandb)
     if config.eval and not os.path.exists(checkpoint_path(config.eval)):
         raise ValueError(f"eval: no checkpoint at {config.eval!r}")

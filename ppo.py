@@ -36,7 +36,7 @@ one, at the end of training; rl_optimizer/train.py and eval.py).
 """
 import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
 import distrax
@@ -148,6 +148,11 @@ OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
 CHOICES = dict(time_limit=("bootstrap", "terminal", "exclude"), activation=("tanh", "relu", "swish"),
                kernel_init=("orthogonal", "lecun_uniform"), policy_head=("gaussian", "tanh_gaussian"),
                grad_clip_mode=("global_norm", "elementwise"))
+def preset(name, **overrides):
+    """The PPOConfig of PRESETS[name], with `overrides`."""
+    return replace(PPOConfig(), **{**PRESETS[name], **overrides})
+
+
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     if config.env_name not in wrappers.ENV_NAMES and wrappers.deep_sea_size(config.env_name) is None:
@@ -157,10 +162,8 @@ def validate(config):
         if getattr(config, field) not in valid:
             raise ValueError(f"unknown {field} {getattr(config, field)!r}; valid: {', '.join(valid)}")
     runs.check_wandb(config.wandb)
-    for field in ("num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs", "width",
-                  "eval_episodes", "num_seeds", "episode_length"):
-        if getattr(config, field) < 1:
-            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+    runs.require_positive(config, "num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs",
+                          "width", "eval_episodes", "num_seeds", "episode_length")
     batch = config.num_envs * config.num_steps
     if batch % config.num_minibatches:
         raise ValueError(f"batch num_envs * num_steps = {batch} does not divide into "

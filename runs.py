@@ -111,6 +111,13 @@ def load_checkpoint(path):
     return None
 
 
+def require_positive(config, *fields):
+    """Refuse any of `fields` of `config` that is not positive, naming it and its value (before anything compiles)."""
+    for field in fields:
+        if not getattr(config, field) > 0:
+            raise ValueError(f"{field} must be positive, got {getattr(config, field)}")
+
+
 def read_input(path, expected, keys):
     """The msgpack payload of a file the user names as input (a learned optimizer), holding `keys`; anything else is
     refused saying what was found and what was `expected`. (Advice to delete belongs to a run's own checkpoint.)"""

@@ -54,7 +54,7 @@ class AnalysisConfig:
 PRESETS = {
     "default": {},
     **{name: dict(optimizer=f"runs/open_{name}/optimizer.msgpack", out_dir=f"runs/open_appendix_f_{name}",
-                  ppo=replace(ppo.PPOConfig(), **ppo.PRESETS[name], num_seeds=16, log_every=0))
+                  ppo=ppo.preset(name, num_seeds=16, log_every=0))
        for name in ("asterix", "breakout", "freeway", "spaceinvaders")},
 }
 

@@ -100,7 +100,7 @@ def main():
                         help="ppo.py without the preset's gradient clip, as Brax's trainer runs here")
     parser.add_argument("--only", choices=("ppo", "brax"), default=None, help="run one trainer (default: both)")
     args = parser.parse_args()
-    config = replace(ppo.PPOConfig(), **dict(ppo.PRESETS[args.preset], log_every=0, eval_episodes=args.eval_episodes))
+    config = ppo.preset(args.preset, log_every=0, eval_episodes=args.eval_episodes)
     config = replace(config, env_name=args.env or config.env_name, num_envs=args.num_envs or config.num_envs)
     if args.no_grad_clip:
         config = replace(config, grad_clip_mode="global_norm", max_grad_norm=float("inf"))

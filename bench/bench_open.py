@@ -30,8 +30,7 @@ def main():
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}")
 
-    config = replace(replace(ppo.PPOConfig(), **ppo.PRESETS["breakout"]), log_every=0, eval_episodes=1,
-                     eval_max_steps=1)
+    config = ppo.preset("breakout", log_every=0, eval_episodes=1, eval_max_steps=1)
     steps = config.num_envs * config.num_steps * args.updates
     config = replace(config, total_timesteps=steps)
     seconds = {}

@@ -34,8 +34,7 @@ def main():
     parser.add_argument("--preset", default="breakout")
     parser.add_argument("--updates", type=int, default=10)
     args = parser.parse_args()
-    config = replace(replace(ppo.PPOConfig(), **ppo.PRESETS[args.preset]), log_every=0, eval_episodes=1,
-                     eval_max_steps=1)
+    config = ppo.preset(args.preset, log_every=0, eval_episodes=1, eval_max_steps=1)
     steps = config.num_envs * config.num_steps * args.updates
     config = replace(config, total_timesteps=steps)
 

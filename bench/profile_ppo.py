@@ -101,8 +101,7 @@ def main():
     parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
-    config = replace(replace(ppo.PPOConfig(), **ppo.PRESETS[args.preset]), log_every=0, eval_episodes=1,
-                     eval_max_steps=1)
+    config = ppo.preset(args.preset, log_every=0, eval_episodes=1, eval_max_steps=1)
     config = replace(config, total_timesteps=config.num_envs * config.num_steps * args.updates)
     if args.optimizer == "open":
         optimizer_fn, optimizer_params = open_es.learned_optimizer(

@@ -17,16 +17,12 @@ from wrappers import NormalizedEnvs, RunningStats
 from ppo import action_distribution, env_action
 
 
-def preset(name, **overrides):
-    return replace(ppo.PPOConfig(), **{**ppo.PRESETS[name], **overrides})
-
-
 # ----------------------------------------------------------------------------------------------- presets
 def test_ant_preset_is_open_configs_ant():
     """AlexGoldie/rl-learned-optimization: rl_optimizer/configs.py "ant", and train.py's Brax path (utils.py's
     BraxGymnaxWrapper on the positional backend, ClipAction, NormalizeObservation, NormalizeReward(GAMMA); done, a
     time limit included, ends the return; Actor with a log_std parameter)."""
-    c = preset("ant")
+    c = ppo.preset("ant")
     assert (c.env_name, c.brax_backend, c.episode_length, c.num_envs, c.num_steps, c.total_timesteps) == (
         "ant", "positional", 1000, 2048, 10, 50_000_000)
     assert (c.update_epochs, c.num_minibatches, c.gamma, c.gae_lambda, c.clip_eps, c.ent_coef, c.vf_coef) == (
@@ -47,7 +43,7 @@ def test_optim4rl_presets_are_braxs_ppo_as_the_authors_ran_it():
             ("humanoid_optim4rl", 2048, 10, 1024, 32, 8, 1e-3, 0.1),
             ("ant_optim4rl_meta", 2048, 5, 1024, 8, 4, 1e-2, 10.0),
             ("humanoid_optim4rl_meta", 2048, 5, 1024, 8, 4, 1e-3, 0.1)):
-        c = preset(name)
+        c = ppo.preset(name)
         assert (c.num_envs, c.unroll_length, c.num_steps, c.num_minibatches, c.update_epochs, c.ent_coef,
                 c.reward_scale) == (envs, unroll, batch * minibatches // envs * unroll, minibatches, epochs, entropy,
                                     scale), name
@@ -84,11 +80,11 @@ def test_brax_presets_build_at_full_size():
     """The networks of each preset, traced (not compiled) on Ant's 27 observations and 8 actions."""
     shapes = {}
     for name in ("ant", "ant_optim4rl", "ant_optim4rl_meta"):
-        agent = ppo.make_agent(preset(name))
+        agent = ppo.make_agent(ppo.preset(name))
         params, _, obs = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
         shapes[name] = {net: {k: v["kernel"].shape if isinstance(v, dict) else v.shape
                               for k, v in params[net]["params"].items()} for net in params}
-        assert obs.shape == (preset(name).num_envs, 27)
+        assert obs.shape == (ppo.preset(name).num_envs, 27)
     assert shapes["ant"]["actor"] == {"hidden_0": (27, 64), "hidden_1": (64, 64), "output": (64, 8), "log_std": (8,)}
     assert shapes["ant"]["critic"] == {"hidden_0": (27, 64), "hidden_1": (64, 64), "output": (64, 1)}
     assert shapes["ant_optim4rl"]["actor"] == {"hidden_0": (27, 32), **{f"hidden_{i}": (32, 32) for i in (1, 2, 3)},
@@ -105,7 +101,7 @@ def test_brax_presets_train_a_few_updates(name):
     3 updates, two seeds vmapped in one program, on inverted_pendulum, the cheapest Brax env to compile (Ant's physics
     alone takes about a minute to compile on a laptop CPU). Nothing is learned in 3 updates: this checks that every
     piece runs, stays finite and changes the policy."""
-    config = preset(name, env_name="inverted_pendulum", num_envs=8, num_steps=10, total_timesteps=240,
+    config = ppo.preset(name, env_name="inverted_pendulum", num_envs=8, num_steps=10, total_timesteps=240,
                     num_minibatches=2, update_epochs=2, eval_episodes=4, eval_max_steps=50, log_every=0)
     train = jax.jit(jax.vmap(ppo.make_train(config, ppo.hand_designed("adam")), in_axes=(0, None)))
     out = train(jax.random.split(jax.random.PRNGKey(0), 2), ppo.hyperparameters(config))
@@ -303,7 +299,7 @@ def test_minibatch_gae_is_braxs_ppo_loss_on_whole_unrolls():
     from brax.training.distribution import NormalTanhDistribution
 
     steps, envs, n = 40, 4, 5
-    config = preset("ant_optim4rl", env_name="inverted_pendulum", num_envs=envs, num_steps=steps, unroll_length=n,
+    config = ppo.preset("ant_optim4rl", env_name="inverted_pendulum", num_envs=envs, num_steps=steps, unroll_length=n,
                     num_minibatches=2, episode_length=12, ent_coef=0.0)
     agent = ppo.make_agent(config)
     params, env_state, obs = agent.init(jax.random.PRNGKey(0))
