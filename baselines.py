@@ -162,8 +162,8 @@ def tune(config, task):
     task_config = TASKS[task]
     steps = ppo.optimizer_steps(task_config)
     grids = {name: grid(name, task, config) for name in config.optimizers}
-    runs = {name: make_run(task_config, ppo.hand_designed(name, steps)) for name in config.optimizers}
-    program = jax.jit(lambda grids, keys: {name: sweep(runs[name], grids[name], keys, config.settings_per_batch)
+    trains = {name: make_run(task_config, ppo.hand_designed(name, steps)) for name in config.optimizers}
+    program = jax.jit(lambda grids, keys: {name: sweep(trains[name], grids[name], keys, config.settings_per_batch)
                                            for name in grids})
     start = time.time()
     returns = jax.device_get(program(grids, tune_keys(config, config.tune_seeds)))
@@ -256,9 +256,9 @@ def evaluate_task(config, task, learned, tuned_path):
                   for name, setting in runs.tuned_settings(tuned_path, task_config.env_name, config.optimizers).items()}
     candidates.update({label: (fn, params) for label, fn, params in learned})
     results = runs.compare({name: (make_run(task_config, fn), params) for name, (fn, params) in candidates.items()},
-                          runs.held_out_keys(config.eval_seeds), task_config.num_envs * task_config.num_steps,
-                          os.path.join(config.out_dir, task), f"PPO on {task_config.env_name} ({task}), "
-                          f"{task_config.total_timesteps:,} steps", reps=config.bootstrap_reps)
+                           runs.held_out_keys(config.eval_seeds), task_config.num_envs * task_config.num_steps,
+                           os.path.join(config.out_dir, task), f"PPO on {task_config.env_name} ({task}), "
+                           f"{task_config.total_timesteps:,} steps", reps=config.bootstrap_reps)
     for name, r in results.items():
         runs.record(config.out_dir, {"mode": "report", "task": task, "optimizer": name,
                                     "mean_final_return": float(r["final"].mean())}, config.wandb)

@@ -441,10 +441,10 @@ def final_returns(ppo_config, optimizer_fn):
 def make_scores(config, optimizer_fn):
     """`scores(meta_params, keys)`: for each seed key, PPO trained with `optimizer_fn(meta_params)` on every task; its
     final return over Adam's, averaged over tasks (one task: the plain return). One vmapped PPO program per task."""
-    runs = [final_returns(replace(config.ppo, env_name=task), optimizer_fn)
-            for task in config.tasks or (config.ppo.env_name,)]
+    returns = [final_returns(replace(config.ppo, env_name=task), optimizer_fn)
+               for task in config.tasks or (config.ppo.env_name,)]
     references = adam_references(config) if config.tasks else np.ones(1)
-    return lambda meta_params, keys: normalised_score(jnp.stack([run(meta_params, keys) for run in runs], -1),
+    return lambda meta_params, keys: normalised_score(jnp.stack([task(meta_params, keys) for task in returns], -1),
                                                       references)
 
 
@@ -641,13 +641,13 @@ def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
     if ppo_config.env_name in gridworld.DISTRIBUTIONS:
         ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
     adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
-    runs = {LABELS.get(config.optimizer, config.optimizer): (optimizer_fn, meta_params),
-            "Adam": (adam, ppo.hyperparameters(ppo_config))}
+    optimizers = {LABELS.get(config.optimizer, config.optimizer): (optimizer_fn, meta_params),
+                  "Adam": (adam, ppo.hyperparameters(ppo_config))}
     return runs.compare({name: (ppo.on_levels(ppo.make_train(ppo_config, fn), ppo_config.env_name), params)
-                        for name, (fn, params) in runs.items()}, runs.held_out_keys(config.eval_seeds),
-                       ppo_config.num_envs * ppo_config.num_steps, out_path,
-                       f"{' vs '.join(runs)} on {ppo_config.env_name}: PPO, {ppo_config.total_timesteps:,} steps "
-                       f"(time limit: {ppo_config.time_limit})")
+                         for name, (fn, params) in optimizers.items()}, runs.held_out_keys(config.eval_seeds),
+                        ppo_config.num_envs * ppo_config.num_steps, out_path,
+                        f"{' vs '.join(optimizers)} on {ppo_config.env_name}: PPO, "
+                        f"{ppo_config.total_timesteps:,} steps (time limit: {ppo_config.time_limit})")
 
 
 def generalisation(config, optimizer_fn, meta_params, out_dir):

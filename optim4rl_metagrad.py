@@ -527,7 +527,7 @@ def load_state(path, config):
                         ([f.name for f in fields(config) if f.name not in RUN_FIELDS + MEMORY_FIELDS],
                          "other training settings")):
         runs.refuse_other(f"checkpoint {path}", what, {n: getattr(saved, n) for n in names},
-                         {n: getattr(config, n) for n in names})
+                          {n: getattr(config, n) for n in names})
     template = jax.eval_shape(make_meta_training(config).init_state, jax.random.PRNGKey(config.seed))
     state = serialization.from_state_dict(template, payload["optim4rl_state"])
     if [np.shape(a) for a in jax.tree.leaves(state)] != [x.shape for x in jax.tree.leaves(template)]:
@@ -585,20 +585,20 @@ def evaluate(config, meta_params, out_dir):
     make_train = {"a2c": a2c.make_train, "ppo": ppo.make_train}[algorithm]
     optimizer_fn = make_optimizer_fn(replace(config, remat=False))
     lr = jnp.float32(agent_cfg.learning_rate)
-    runs = {"Optim4RL (learned)": (optimizer_fn, {"meta": meta_params, "learning_rate": lr}),
-            "Optim4RL (init)": (optimizer_fn, {"meta": init_meta_params(config, jax.random.PRNGKey(config.seed)),
-                                               "learning_rate": lr})}
+    optimizers = {"Optim4RL (learned)": (optimizer_fn, {"meta": meta_params, "learning_rate": lr}),
+                  "Optim4RL (init)": (optimizer_fn, {"meta": init_meta_params(config, jax.random.PRNGKey(config.seed)),
+                                                     "learning_rate": lr})}
     for label, fn in (("Adam", hand_designed("adam")), ("RMSprop", hand_designed("rmsprop"))):
         for baseline_lr in config.eval_baseline_lrs or (agent_cfg.learning_rate,):
             name = f"{label} (lr {baseline_lr:g})" if config.eval_baseline_lrs else label
-            runs[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
-    trains = {fn: ppo.on_levels(make_train(agent_cfg, fn), agent_cfg.env_name) for fn, _ in runs.values()}
-    return runs.compare({name: (trains[fn], params) for name, (fn, params) in runs.items()},
-                       jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds)),
-                       steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),
-                       f"{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps, lr "
-                       f"{agent_cfg.learning_rate} (Adam, RMSprop: {config.eval_baseline_lrs or 'the same'})",
-                       t_level=0.90)
+            optimizers[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
+    trains = {fn: ppo.on_levels(make_train(agent_cfg, fn), agent_cfg.env_name) for fn, _ in optimizers.values()}
+    return runs.compare({name: (trains[fn], params) for name, (fn, params) in optimizers.items()},
+                        jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds)),
+                        steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),
+                        f"{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps, lr "
+                        f"{agent_cfg.learning_rate} (Adam, RMSprop: {config.eval_baseline_lrs or 'the same'})",
+                        t_level=0.90)
 
 
 def main(config):
