@@ -133,11 +133,6 @@ def grid(name, task, config):
                                                            zip(*rows))}
 
 
-def make_run(task_config, optimizer_fn):
-    """`run(key, optimizer_params)` -> PPO's output; on a gridworld distribution each key draws its level."""
-    return ppo.on_levels(ppo.make_train(task_config, optimizer_fn), task_config.env_name)
-
-
 def sweep(run, settings, keys, settings_per_batch=0):
     """Final returns (settings, seeds) of `run(key, setting)` for every setting and key: vmapped over seeds, and
     over settings in batches of `settings_per_batch` (0: all at once)."""
@@ -162,7 +157,7 @@ def tune(config, task):
     task_config = TASKS[task]
     steps = ppo.optimizer_steps(task_config)
     grids = {name: grid(name, task, config) for name in config.optimizers}
-    trains = {name: make_run(task_config, ppo.hand_designed(name, steps)) for name in config.optimizers}
+    trains = {name: ppo.make_run(task_config, ppo.hand_designed(name, steps)) for name in config.optimizers}
     program = jax.jit(lambda grids, keys: {name: sweep(trains[name], grids[name], keys, config.settings_per_batch)
                                            for name in grids})
     start = time.time()
@@ -255,8 +250,8 @@ def evaluate_task(config, task, learned, tuned_path):
                                                           if k not in ("final_return", "num_seeds")})
                   for name, setting in runs.tuned_settings(tuned_path, task_config.env_name, config.optimizers).items()}
     candidates.update({label: (fn, params) for label, fn, params in learned})
-    results = runs.compare({name: (make_run(task_config, fn), params) for name, (fn, params) in candidates.items()},
-                           runs.held_out_keys(config.eval_seeds), task_config.num_envs * task_config.num_steps,
+    trains = {name: (ppo.make_run(task_config, fn), params) for name, (fn, params) in candidates.items()}
+    results = runs.compare(trains, runs.held_out_keys(config.eval_seeds), ppo.steps_per_update(task_config),
                            os.path.join(config.out_dir, task), f"PPO on {task_config.env_name} ({task}), "
                            f"{task_config.total_timesteps:,} steps", reps=config.bootstrap_reps)
     for name, r in results.items():

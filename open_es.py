@@ -429,12 +429,17 @@ def max_horizon(level):
         gridworld.DISTRIBUTIONS[level].horizon[1]
 
 
+def capped(ppo_config):
+    """On a gridworld distribution, the evaluation capped at its longest episode (unless eval_max_steps is set)."""
+    if ppo_config.env_name not in gridworld.DISTRIBUTIONS:
+        return ppo_config
+    return replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
+
+
 def final_returns(ppo_config, optimizer_fn):
     """`returns(optimizer_params, keys)`: PPO's final return for each seed key (vmapped). On a gridworld distribution
     each key trains on its own level (ppo.on_levels; App. D), capped at the distribution's longest episode."""
-    if ppo_config.env_name in gridworld.DISTRIBUTIONS:
-        ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
-    run = ppo.on_levels(ppo.make_train(ppo_config, optimizer_fn), ppo_config.env_name)
+    run = ppo.make_run(capped(ppo_config), optimizer_fn)
     return jax.vmap(lambda optimizer_params, key: run(key, optimizer_params)["final_return"], in_axes=(None, 0))
 
 
@@ -638,14 +643,12 @@ def task_ppo(config, task):
 def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
     """The learned optimizer and Adam (ppo_config's) on `eval_seeds` held-out seeds of ppo_config's env (runs.compare:
     one program; <out_path>.md, .json, .png); a gridworld distribution gives each seed its own level."""
-    if ppo_config.env_name in gridworld.DISTRIBUTIONS:
-        ppo_config = replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
+    ppo_config = capped(ppo_config)
     adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
     optimizers = {LABELS.get(config.optimizer, config.optimizer): (optimizer_fn, meta_params),
                   "Adam": (adam, ppo.hyperparameters(ppo_config))}
-    return runs.compare({name: (ppo.on_levels(ppo.make_train(ppo_config, fn), ppo_config.env_name), params)
-                         for name, (fn, params) in optimizers.items()}, runs.held_out_keys(config.eval_seeds),
-                        ppo_config.num_envs * ppo_config.num_steps, out_path,
+    return runs.compare({name: (ppo.make_run(ppo_config, fn), params) for name, (fn, params) in optimizers.items()},
+                        runs.held_out_keys(config.eval_seeds), ppo.steps_per_update(ppo_config), out_path,
                         f"{' vs '.join(optimizers)} on {ppo_config.env_name}: PPO, "
                         f"{ppo_config.total_timesteps:,} steps (time limit: {ppo_config.time_limit})")
 

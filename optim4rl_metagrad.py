@@ -164,8 +164,8 @@ def unit_agent_config(config, env_name=None):
 
 def steps_per_update(agent_cfg):
     """Env steps of one A2C or PPO update (one rollout of every env)."""
-    return agent_cfg.num_envs * (agent_cfg.num_steps if isinstance(agent_cfg, ppo.PPOConfig) else
-                                 agent_cfg.rollout_length)
+    return ppo.steps_per_update(agent_cfg) if isinstance(agent_cfg, ppo.PPOConfig) else \
+        agent_cfg.num_envs * agent_cfg.rollout_length
 
 
 def task_names(config):

@@ -164,7 +164,7 @@ def validate(config):
     runs.check_wandb(config.wandb)
     runs.require_positive(config, "num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs",
                           "width", "eval_episodes", "num_seeds", "episode_length")
-    batch = config.num_envs * config.num_steps
+    batch = steps_per_update(config)
     if batch % config.num_minibatches:
         raise ValueError(f"batch num_envs * num_steps = {batch} does not divide into "
                          f"num_minibatches = {config.num_minibatches}")
@@ -275,10 +275,14 @@ def hyperparameters(config):
     return {k: jnp.float32(getattr(config, k)) for k in ("learning_rate", "b1", "b2", "decay")}
 
 
+def steps_per_update(config):
+    """Env steps of one update: one rollout of every env."""
+    return config.num_envs * config.num_steps
+
+
 def optimizer_steps(config):
     """Number of optimizer updates in a run: updates x epochs x minibatches."""
-    return config.total_timesteps // (config.num_envs * config.num_steps) * config.update_epochs * \
-        config.num_minibatches
+    return config.total_timesteps // steps_per_update(config) * config.update_epochs * config.num_minibatches
 
 
 # ------------------------------------------------------------------------------------------ learned-optimizer context
@@ -399,7 +403,7 @@ def make_agent(config, env_params=None):
     critic = MLP(config.critic_width or config.width, config.critic_depth or config.depth, 1, config.activation, 1.0,
                  config.kernel_init)
     networks = {"actor": actor, "critic": critic}
-    batch_size = config.num_envs * config.num_steps
+    batch_size = steps_per_update(config)
     unit = config.unroll_length if config.minibatch_gae else 1  # what minibatches are made of: steps or unrolls
     minibatch_size = batch_size // unit // config.num_minibatches
     clip_gradient = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(
@@ -625,6 +629,11 @@ def on_levels(train, env_name):
     env = gridworld.make(env_name)[0]
     return lambda key, optimizer_params: train(key, optimizer_params,
                                                gridworld.sample_level(jax.random.fold_in(key, 1), env))
+
+
+def make_run(config, optimizer_fn):
+    """`run(key, optimizer_params)` -> make_train's output; on a gridworld distribution each key draws its level."""
+    return on_levels(make_train(config, optimizer_fn), config.env_name)
 
 
 def main(config):
