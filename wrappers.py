@@ -21,28 +21,29 @@ which the paper presets use (the differences below were found by stepping both v
 - inverted_double_pendulum@brax-0.9.4: the tip is pole 2's origin + (0, 0, 0.6) in world axes, without pole 2's
   rotation (in effect only pole 1 is balanced), and the alive bonus is paid on the terminal step too.
 """
+from typing import NamedTuple
+
 import gymnax
 import jax
 import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 from gymnax.environments.minatar.space_invaders import MinSpaceInvaders
 from gymnax.wrappers import LogWrapper
-from typing import NamedTuple
 
 from gridworld import LEVELS, make
 
-GYMNAX_0_0_6, BRAX_0_9_4_TAG = "@gymnax-0.0.6", "@brax-0.9.4"
+OLD_GYMNAX, OLD_BRAX = "@gymnax-0.0.6", "@brax-0.9.4"  # the envs as the papers' pinned packages had them
 BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
              "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d",
-             "humanoid" + BRAX_0_9_4_TAG, "inverted_double_pendulum" + BRAX_0_9_4_TAG)
-ENV_NAMES = (tuple(gymnax.registered_envs) + ("SpaceInvaders-MinAtar" + GYMNAX_0_0_6,) + tuple(LEVELS)
+             "humanoid" + OLD_BRAX, "inverted_double_pendulum" + OLD_BRAX)
+ENV_NAMES = (tuple(gymnax.registered_envs) + ("SpaceInvaders-MinAtar" + OLD_GYMNAX,) + tuple(LEVELS)
              + BRAX_ENVS)
 DEEP_SEA = "DeepSea-bsuite-"  # + a size N >= 2 (+ "@gymnax-0.0.6"): Deep Sea on an N x N grid (OPEN Sec. 7.2: 4-26)
 
 
 def deep_sea_size(name):
     """N of 'DeepSea-bsuite-N' or 'DeepSea-bsuite-N@gymnax-0.0.6', else None."""
-    suffix = name[len(DEEP_SEA):].removesuffix(GYMNAX_0_0_6) if name.startswith(DEEP_SEA) else ""
+    suffix = name[len(DEEP_SEA):].removesuffix(OLD_GYMNAX) if name.startswith(DEEP_SEA) else ""
     return int(suffix) if suffix.isdigit() and int(suffix) >= 2 else None
 
 
@@ -68,15 +69,19 @@ class SpaceInvaders006(MinSpaceInvaders):
                 dict(info, discount=self.discount(stepped, params)))
 
 
-class Humanoid094:
-    """brax's humanoid as brax 0.9.4 had it (module docstring): raw action, clipped by the actuators, cost on the raw
-    action. Today's step is given the action that its rescaling maps to the clipped one; the cost is corrected."""
+class BraxVariant:
+    """Today's Brax env `env` with another `step`; everything else is the env's own."""
 
     def __init__(self, env):
         self.env = env
 
     def __getattr__(self, name):
         return getattr(self.env, name)
+
+
+class Humanoid094(BraxVariant):
+    """brax's humanoid as brax 0.9.4 had it (module docstring): raw action, clipped by the actuators, cost on the raw
+    action. Today's step is given the action that its rescaling maps to the clipped one; the cost is corrected."""
 
     def step(self, state, action):
         low, high = self.env.sys.actuator.ctrl_range.T
@@ -86,15 +91,9 @@ class Humanoid094:
         return state.replace(reward=state.reward - extra_cost)
 
 
-class InvertedDoublePendulum094:
+class InvertedDoublePendulum094(BraxVariant):
     """brax's inverted_double_pendulum as brax 0.9.4 had it (module docstring): the tip without pole 2's rotation,
     reward 10 - 0.01 x^2 - (y - 2)^2 - 1e-3 v1^2 - 5e-3 v2^2 on every step, done when the tip's y <= 1."""
-
-    def __init__(self, env):
-        self.env = env
-
-    def __getattr__(self, name):
-        return getattr(self.env, name)
 
     def step(self, state, action):
         pipeline_state = self.env.pipeline_step(state.pipeline_state, action)
@@ -218,10 +217,10 @@ def make_env(name, brax_backend="spring", episode_length=1000):
         return LogWrapper(env), env.default_params
     if deep_sea_size(name):
         env, env_params = gymnax.make("DeepSea-bsuite", size=deep_sea_size(name))
-        if name.endswith(GYMNAX_0_0_6):
+        if name.endswith(OLD_GYMNAX):
             env_params = env_params.replace(randomize_actions=False, max_steps_in_episode=2000)
         return LogWrapper(env), env_params
-    if name == "SpaceInvaders-MinAtar" + GYMNAX_0_0_6:
+    if name == "SpaceInvaders-MinAtar" + OLD_GYMNAX:
         env = SpaceInvaders006()
         return LogWrapper(env), env.default_params
     env, env_params = make(name) if name in LEVELS else gymnax.make(name)
