@@ -231,23 +231,32 @@ class TanhGaussian(distrax.MultivariateNormalDiag):
         return self.entropy() + distrax.Tanh().forward_log_det_jacobian(self.loc + self.scale_diag * noise).sum(-1)
 
 
-def action_distribution(actor_out, head):
-    """The policy at the actor's output. "categorical": logits. Continuous actions, actor_out = [loc, s]: "gaussian"
-    (OPEN's Actor, rl_optimizer/train.py): Gaussian of std exp(s), s the state-independent log_std; "tanh_gaussian"
-    (Brax's PPO, Optim4RL): TanhGaussian of std softplus(s) + 0.001, s from the network."""
-    if head == "categorical":
-        return distrax.Categorical(logits=actor_out)
+class Head(NamedTuple):
+    """A policy head: how the actor's output becomes the policy, the env's action and the entropy bonus."""
+    policy: Callable  # actor output -> distrax distribution
+    env_action: Callable  # (sample, low, high) -> the env's action
+    outputs: int  # actor outputs per action dimension (categorical: one per action)
+    log_std: bool  # a state-independent log std parameter after the actor's output (MLP's log_std)
+    noise: bool  # the entropy is Brax's one-sample estimate, whose noise the rollout draws (TanhGaussian)
+
+
+def gaussian(actor_out):
+    """OPEN's Actor (rl_optimizer/train.py): actor_out = [loc, s], s the state-independent log_std; std exp(s)."""
     loc, s = jnp.split(actor_out, 2, axis=-1)
-    return distrax.MultivariateNormalDiag(loc, jnp.exp(s)) if head == "gaussian" else \
-        TanhGaussian(loc, jax.nn.softplus(s) + 1e-3)
+    return distrax.MultivariateNormalDiag(loc, jnp.exp(s))
 
 
-def env_action(sample, head, low=-1.0, high=1.0):
-    """The env's action: the sample clipped to the action space (OPEN's ClipAction, rl_optimizer/utils.py), tanh(u)
-    (Brax), or as it is (categorical)."""
-    if head == "gaussian":
-        return jnp.clip(sample, low, high)
-    return jnp.tanh(sample) if head == "tanh_gaussian" else sample
+def tanh_gaussian(actor_out):
+    """Brax's PPO (so Optim4RL's): actor_out = [loc, s] from the network; TanhGaussian of std softplus(s) + 0.001."""
+    loc, s = jnp.split(actor_out, 2, axis=-1)
+    return TanhGaussian(loc, jax.nn.softplus(s) + 1e-3)
+
+
+# "categorical" for discrete actions (logits); for continuous ones PPOConfig.policy_head: "gaussian", the sample
+# clipped to the action space (OPEN's ClipAction, rl_optimizer/utils.py), or "tanh_gaussian", the env getting tanh(u).
+HEADS = {"categorical": Head(lambda out: distrax.Categorical(logits=out), lambda a, low, high: a, 1, False, False),
+         "gaussian": Head(gaussian, lambda a, low, high: jnp.clip(a, low, high), 1, True, False),
+         "tanh_gaussian": Head(tanh_gaussian, lambda a, low, high: jnp.tanh(a), 2, False, True)}
 
 
 # ----------------------------------------------------------------------------------------------- optimizers
@@ -396,10 +405,10 @@ def make_agent(config, env_params=None):
     env_params = default_env_params if env_params is None else env_params
     action_space = env.action_space(default_env_params)
     continuous = isinstance(action_space, spaces.Box)
-    head = config.policy_head if continuous else "categorical"
-    bounds = (action_space.low, action_space.high) if continuous else ()
-    out = action_space.shape[0] * (1 + (head == "tanh_gaussian")) if continuous else action_space.n
-    actor = MLP(config.width, config.depth, out, config.activation, 0.01, config.kernel_init, head == "gaussian")
+    head = HEADS[config.policy_head if continuous else "categorical"]
+    bounds = (action_space.low, action_space.high) if continuous else (None, None)
+    out = action_space.shape[0] * head.outputs if continuous else action_space.n
+    actor = MLP(config.width, config.depth, out, config.activation, 0.01, config.kernel_init, head.log_std)
     critic = MLP(config.critic_width or config.width, config.critic_depth or config.depth, 1, config.activation, 1.0,
                  config.kernel_init)
     networks = {"actor": actor, "critic": critic}
@@ -429,7 +438,7 @@ def make_agent(config, env_params=None):
                                     unit, over_time(batch["truncated"]) if "truncated" in batch else None)
             batch = dict(batch, **jax.lax.stop_gradient(dict(advantage=advantage.T.reshape(-1),
                                                              target=target.T.reshape(-1))))
-        pi = action_distribution(actor_out, head)
+        pi = head.policy(actor_out)
         ratio = jnp.exp(pi.log_prob(batch["action"]) - batch["log_prob"])
         advantage = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
         actor_loss = -jnp.minimum(ratio * advantage,
@@ -438,7 +447,7 @@ def make_agent(config, env_params=None):
         if config.clip_value_loss:
             value_clipped = batch["value"] + jnp.clip(value - batch["value"], -config.clip_eps, config.clip_eps)
             value_loss = jnp.maximum(value_loss, (value_clipped - batch["target"]) ** 2)
-        entropy = pi.entropy_estimate(batch["noise"]) if head == "tanh_gaussian" else pi.entropy()
+        entropy = pi.entropy_estimate(batch["noise"]) if head.noise else pi.entropy()
         loss = actor_loss + config.vf_coef * 0.5 * value_loss.mean() - config.ent_coef * entropy.mean()
         return loss, {"actor": actor_activations, "critic": critic_activations}
 
@@ -451,10 +460,10 @@ def make_agent(config, env_params=None):
         params, env_state, obs = carry  # obs as envs returned it: raw with normalize_per_rollout
         action_key, env_key = jax.random.split(key)
         seen = envs.seen(env_state, obs)
-        pi = action_distribution(actor.apply(params["actor"], seen)[0], head)
+        pi = head.policy(actor.apply(params["actor"], seen)[0])
         action = pi.sample(seed=action_key)
         next_obs, env_state, reward, terminated, truncated, info = envs.step(
-            env_key, env_state, env_action(action, head, *bounds), env_params)
+            env_key, env_state, head.env_action(action, *bounds), env_params)
         reward = reward * config.reward_scale
         if config.time_limit == "bootstrap":  # a time limit is not an end: keep the value of where it stopped
             final = envs.seen(env_state, info["final_observation"])
@@ -463,7 +472,7 @@ def make_agent(config, env_params=None):
                     reward=reward, done=(terminated | truncated).astype(jnp.float32))
         if config.time_limit == "exclude":  # Brax's truncation mask (gae)
             step["truncated"] = (truncated & ~terminated).astype(jnp.float32)
-        if head == "tanh_gaussian":  # the entropy estimate's noise (TanhGaussian), drawn afresh for each minibatch
+        if head.noise:  # the entropy estimate's noise (TanhGaussian), drawn afresh for each minibatch
             step["noise"] = jax.random.normal(jax.random.fold_in(key, 1), action.shape)
         return (params, env_state, next_obs), step
 
@@ -542,8 +551,7 @@ def make_agent(config, env_params=None):
         return params, opt_state, env_state, obs, metrics
 
     def act(params, obs, rng):
-        pi = action_distribution(actor.apply(params["actor"], obs)[0], head)
-        return env_action(pi.sample(seed=rng), head, *bounds)
+        return head.env_action(head.policy(actor.apply(params["actor"], obs)[0]).sample(seed=rng), *bounds)
 
     return Agent(networks, init, rollout, loss, update, act, env, env_params, envs, batch_size)
 

@@ -14,7 +14,7 @@ from gymnax.wrappers import LogWrapper
 import optim4rl_metagrad as om
 import ppo
 from wrappers import NormalizedEnvs, RunningStats
-from ppo import action_distribution, env_action
+from ppo import HEADS
 
 
 # ----------------------------------------------------------------------------------------------- presets
@@ -224,21 +224,21 @@ def test_action_clipping_and_log_probs_match_hand_computation():
     H[N] + sum log(1 - tanh(loc + scale noise)^2). All in float64 numpy; u = 8 is where tanh is within 1e-6 of 1."""
     u = np.array([[-2.5, 0.3, 0.99, 8.0], [1.5, -1.0, 0.0, -0.2]])
     u32 = u.astype(np.float32)
-    np.testing.assert_array_equal(env_action(jnp.asarray(u32), "gaussian"), np.clip(u32, -1, 1))
-    np.testing.assert_array_equal(env_action(jnp.asarray(u32), "gaussian", -0.5, 2.0), np.clip(u32, -0.5, 2.0))
-    np.testing.assert_allclose(env_action(jnp.asarray(u32), "tanh_gaussian"), np.tanh(u), rtol=1e-6)
-    np.testing.assert_array_equal(env_action(jnp.arange(3), "categorical"), np.arange(3))
+    np.testing.assert_array_equal(HEADS["gaussian"].env_action(jnp.asarray(u32), -1.0, 1.0), np.clip(u32, -1, 1))
+    np.testing.assert_array_equal(HEADS["gaussian"].env_action(jnp.asarray(u32), -0.5, 2.0), np.clip(u32, -0.5, 2.0))
+    np.testing.assert_allclose(HEADS["tanh_gaussian"].env_action(jnp.asarray(u32), -1.0, 1.0), np.tanh(u), rtol=1e-6)
+    np.testing.assert_array_equal(HEADS["categorical"].env_action(jnp.arange(3), -1.0, 1.0), np.arange(3))
 
     loc, s = np.array([[0.1, -0.4, 0.8, 1.5], [0.0, 0.2, -0.3, 0.5]]), np.array([[-0.5, 0.2, 1.0, -1.2]] * 2)
     normal = -0.5 * ((u - loc) / np.exp(s)) ** 2 - s - 0.5 * np.log(2 * np.pi)
-    gaussian = action_distribution(jnp.asarray(np.concatenate([loc, s], -1), jnp.float32), "gaussian")
+    gaussian = HEADS["gaussian"].policy(jnp.asarray(np.concatenate([loc, s], -1), jnp.float32))
     np.testing.assert_allclose(gaussian.log_prob(jnp.asarray(u, jnp.float32)), normal.sum(-1), rtol=1e-5)
 
     s = np.array([[-0.5, 0.2, 1.0, -1.2], [2.0, -3.0, 0.0, 0.7]])
     scale = np.log1p(np.exp(s)) + 1e-3
     squashed = (-0.5 * ((u - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi)
                 - np.log(1 - np.tanh(u) ** 2)).sum(-1)
-    pi = action_distribution(jnp.asarray(np.concatenate([loc, s], -1), jnp.float32), "tanh_gaussian")
+    pi = HEADS["tanh_gaussian"].policy(jnp.asarray(np.concatenate([loc, s], -1), jnp.float32))
     np.testing.assert_allclose(pi.log_prob(jnp.asarray(u, jnp.float32)), squashed, rtol=1e-5)
     noise = np.random.default_rng(0).normal(size=u.shape)
     entropy = (0.5 + 0.5 * np.log(2 * np.pi) + np.log(scale) + np.log(1 - np.tanh(loc + scale * noise) ** 2)).sum(-1)
@@ -258,7 +258,7 @@ def test_tanh_gaussian_equals_braxs_own_distribution():
 
     params = jax.random.normal(jax.random.PRNGKey(0), (6, 8))
     u = 3.0 * jax.random.normal(jax.random.PRNGKey(1), (6, 4))
-    brax_dist, pi = NormalTanhDistribution(event_size=4), action_distribution(params, "tanh_gaussian")
+    brax_dist, pi = NormalTanhDistribution(event_size=4), HEADS["tanh_gaussian"].policy(params)
     np.testing.assert_allclose(pi.log_prob(u), brax_dist.log_prob(params, u), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pi.entropy_estimate(jax.random.normal(jax.random.PRNGKey(2), (6, 4))),
                                brax_dist.entropy(params, jax.random.PRNGKey(2)), rtol=1e-5, atol=1e-5)
