@@ -148,6 +148,8 @@ OPTIMIZERS = ("adam", "rmsprop", "lion", "sgd")
 CHOICES = dict(time_limit=("bootstrap", "terminal", "exclude"), activation=("tanh", "relu", "swish"),
                kernel_init=("orthogonal", "lecun_uniform"), policy_head=("gaussian", "tanh_gaussian"),
                grad_clip_mode=("global_norm", "elementwise"))
+
+
 def preset(name, **overrides):
     """The PPOConfig of PRESETS[name], with `overrides`."""
     return replace(PPOConfig(), **{**PRESETS[name], **overrides})
@@ -157,7 +159,7 @@ def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     if config.env_name not in wrappers.ENV_NAMES and wrappers.deep_sea_size(config.env_name) is None:
         raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(wrappers.ENV_NAMES)}, "
-                         f"{wrappers.DEEP_SEA}N (N >= 2)")
+                         f"{wrappers.DEEP_SEA}N or {wrappers.DEEP_SEA}N{wrappers.OLD_GYMNAX} (N >= 2)")
     for field, valid in CHOICES.items():
         if getattr(config, field) not in valid:
             raise ValueError(f"unknown {field} {getattr(config, field)!r}; valid: {', '.join(valid)}")
