@@ -326,7 +326,7 @@ def test_checkpoint_write_is_atomic_and_a_damaged_one_falls_back(trained, monkey
     def crash(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(om.ppo.os, "fsync", crash)
+    monkeypatch.setattr(om.runs.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         om.save_checkpoint(path, config, om.MetaState(*state[:3], state.step + 1, *state[4:]))
     monkeypatch.undo()
