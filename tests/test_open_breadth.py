@@ -51,7 +51,7 @@ def test_multitask_report_puts_each_game_next_to_its_own_tuned_adam(tmp_path, mo
                                     eval=os.path.join(ROOT, "trained", "authors", "multi_OPEN.npy")))
     open_es.main(preset)
     table4 = {"Asterix-MinAtar": (0.003, 0.999), "Breakout-MinAtar": (0.01, 0.99), "Freeway-MinAtar": (0.001, 0.99),
-              "SpaceInvaders-MinAtar": (0.007, 0.99)}
+              "SpaceInvaders-MinAtar@gymnax-0.0.6": (0.007, 0.99)}  # the env as the authors ran it
     assert [(c.env_name, (c.learning_rate, c.b2), path) for c, path in calls] == [
         (env, table4[env], os.path.join(env, "summary")) for env in open_es.MINATAR_ENVS]
     for ppo_config, _ in calls:  # everything but Adam's settings is the preset's PPO
