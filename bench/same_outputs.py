@@ -6,6 +6,8 @@ XLA's code differs between CPUs.
 
     git worktree add /tmp/before HEAD~5 && python bench/same_outputs.py /tmp/before
     python bench/same_outputs.py /tmp/before --only ppo_default open_es     # some of the runs
+    python /tmp/before/bench/same_outputs.py    # no other checkout: only record this one's outputs (a copy of
+    python bench/same_outputs.py /tmp/before --recorded   # this script there), then compare with them later
 """
 import argparse
 import json
@@ -98,15 +100,19 @@ def differences(a_dir, b_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("other", help="the other checkout (a directory with the same scripts)")
+    parser.add_argument("other", nargs="?", help="the other checkout (a directory with the same scripts)")
+    parser.add_argument("--recorded", action="store_true", help="use the other checkout's recorded outputs")
     parser.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS), metavar="RUN",
                         help=f"some of the runs: {', '.join(RUNS)}")
     args = parser.parse_args()
+    print(f"load {os.getloadavg()[0]:.2f}; running {len(args.only)} runs in {HERE}")
+    if args.other is None:
+        sys.exit(any(code for _, code in run_all(HERE, args.only).values()))
     other = os.path.abspath(args.other)
     if not os.path.isfile(os.path.join(other, "ppo.py")):
         raise SystemExit(f"{other} is not a checkout of this repo (no ppo.py)")
-    print(f"load {os.getloadavg()[0]:.2f}; running {len(args.only)} runs in {HERE}, then in {other}")
-    mine, theirs = run_all(HERE, args.only), run_all(other, args.only)
+    mine = run_all(HERE, args.only)
+    theirs = {name: (float("nan"), 0) for name in args.only} if args.recorded else run_all(other, args.only)
     print("\n| run | files | identical | this checkout (s) | other (s) |\n|---|---|---|---|---|")
     failed = False
     for name in args.only:
