@@ -15,7 +15,7 @@ The optimizer receives the same context as in `ppo.py` (training proportion, dor
 key; batch proportion is 0: A2C makes one update per batch).
 """
 import runs  # first: its XLA and OpenBLAS settings must come before jax starts
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import distrax
 import flax.linen as nn
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 import wrappers
-from ppo import (Agent, dormancy_scores, gae, hand_designed, last_episode_return, network_context, optimizer_step,
-                 train_and_report)
+from ppo import (Agent, dormancy_scores, gae, hand_designed, hyperparameters, last_episode_return, network_context,
+                 optimizer_step)
 from ppo import make_train as ppo_make_train
 
 
@@ -69,6 +69,16 @@ PRESETS = {
 }
 
 
+def preset(name, **overrides):
+    """The A2CConfig of PRESETS[name], with `overrides`."""
+    return replace(A2CConfig(), **{**PRESETS[name], **overrides})
+
+
+def steps_per_update(config):
+    """Env steps of one update: one rollout of every env."""
+    return config.num_envs * config.rollout_length
+
+
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     discrete = tuple(n for n in wrappers.ENV_NAMES if n not in wrappers.BRAX_ENVS)
@@ -80,9 +90,9 @@ def validate(config):
     runs.check_wandb(config.wandb)
     runs.require_positive(config, "num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes",
                           "num_seeds")
-    if config.total_timesteps < config.num_envs * config.rollout_length:
+    if config.total_timesteps < steps_per_update(config):
         raise ValueError(f"total_timesteps = {config.total_timesteps} is less than one rollout "
-                         f"({config.num_envs * config.rollout_length} steps)")
+                         f"({steps_per_update(config)} steps)")
 
 
 class ActorCritic(nn.Module):
@@ -142,11 +152,12 @@ def make_agent(config, env_params=None):
 
         (env_state, obs), trajectory = jax.lax.scan(step, (env_state, obs),
                                                     jax.random.split(rng, config.rollout_length))
-        return jax.lax.stop_gradient(trajectory), env_state, obs
+        return jax.lax.stop_gradient(dict(trajectory, last_obs=obs)), env_state, obs
 
-    def loss(params, trajectory, last_obs):
+    def loss(params, trajectory):
         """A2C loss: policy gradient with GAE advantages, squared error to the lambda-returns, entropy bonus."""
         steps, num_envs = trajectory["action"].shape
+        last_obs = trajectory["last_obs"]
         logits, values, activations = network.apply(params, trajectory["obs"].reshape((steps * num_envs,)
                                                                                        + last_obs.shape[1:]))
         logits, values = logits.reshape((steps, num_envs, -1)), values.reshape((steps, num_envs))
@@ -162,7 +173,7 @@ def make_agent(config, env_params=None):
         """One A2C update: a fresh rollout, its loss gradient (clipped element-wise), one optimizer step."""
         rollout_key, optimizer_key = jax.random.split(rng)
         trajectory, env_state, obs = rollout(params, env_state, obs, rollout_key)
-        (value, activations), grads = jax.value_and_grad(loss, has_aux=True)(params, trajectory, obs)
+        (value, activations), grads = jax.value_and_grad(loss, has_aux=True)(params, trajectory)
         if config.grad_clip:
             grads = jax.tree.map(lambda g: jnp.clip(g, -config.grad_clip, config.grad_clip), grads)
         context = network_context(params, activations, network.layer_proportions, ("actor",))
@@ -176,7 +187,7 @@ def make_agent(config, env_params=None):
         return distrax.Categorical(logits=network.apply(params, obs)[0]).sample(seed=rng)
 
     return Agent({"actor_critic": network}, init, rollout, loss, update, act, env, env_params, envs,
-                 config.num_envs * config.rollout_length)
+                 steps_per_update(config))
 
 
 def make_train(config, optimizer_fn):
@@ -186,8 +197,9 @@ def make_train(config, optimizer_fn):
 
 def main(config):
     validate(config)
-    anneal = config.total_timesteps // (config.num_envs * config.rollout_length) if config.anneal_lr else None
-    return train_and_report("A2C", config, make_train(config, hand_designed(config.optimizer, anneal)))
+    anneal = config.total_timesteps // steps_per_update(config) if config.anneal_lr else None
+    return runs.train_and_report("A2C", config, make_train(config, hand_designed(config.optimizer, anneal)),
+                                 hyperparameters(config))
 
 
 if __name__ == "__main__":

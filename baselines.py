@@ -234,7 +234,7 @@ def load_learned(path):
     if path.endswith(".npy"):
         return label, *open_es.learned_optimizer(path)
     payload = runs.read_input(path, open_es.LEARNED_FILE, ("config", "meta_params"))
-    es = open_es.config_from_dict(json.loads(payload["config"]))
+    es = runs.config_from_dict(open_es.OpenConfig, json.loads(payload["config"]), ppo=ppo.PPOConfig)
     if es.optimizer != "optim4rl":
         return label, *open_es.learned_optimizer(path)
     optimizer_fn, template = optim4rl_by_es(es)
@@ -275,11 +275,11 @@ def report(config, tuned_path):
         estimates = runs.interval_estimates(
             {n: np.stack([results[t][n]["final"] / results[t]["adam"]["final"].mean() for t in config.tasks], 1)
              for n in names}, config.bootstrap_reps, config.seed)
-        cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
         sections.append("\n".join([f"## All tasks, final return / tuned Adam's mean ({config.bootstrap_reps} "
                                    f"stratified bootstrap resamples)", "", "| optimizer | IQM | mean |",
                                    "|---|---|---|"]
-                                  + [f"| {n} | {cell(e[0])} | {cell(e[1])} |" for n, e in estimates.items()]) + "\n")
+                                  + [f"| {n} | {runs.interval_cell(e[0])} | {runs.interval_cell(e[1])} |"
+                                     for n, e in estimates.items()]) + "\n")
         plot_iqm(estimates, os.path.join(config.out_dir, "iqm.png"))
     table = "\n".join(sections)
     runs.write_atomic(os.path.join(config.out_dir, "results.md"), table)
@@ -289,8 +289,6 @@ def report(config, tuned_path):
 
 def plot_iqm(estimates, path):
     """IQM and mean with their 95% CIs (rliable's interval plot)."""
-    import matplotlib
-    matplotlib.use("Agg")
     from rliable import plot_utils
     names = list(estimates)
     points = {n: estimates[n][:, 0] for n in names}

@@ -364,6 +364,17 @@ def make(name: str, reward_scale=1.0, **options):
     return env, env.default_params
 
 
+def on_levels(train, env_name):
+    """`run(key, optimizer_params)`: `train` on a level of the gridworld distribution `env_name` drawn from the key
+    (jax.random.fold_in(key, 1)), the same level for the same key in meta-training and in every evaluation; on any
+    other env, `train` itself."""
+    if env_name not in DISTRIBUTIONS:
+        return lambda key, optimizer_params: train(key, optimizer_params)
+    env = make(env_name)[0]
+    return lambda key, optimizer_params: train(key, optimizer_params,
+                                               sample_level(jax.random.fold_in(key, 1), env))
+
+
 def render(env, state, params) -> str:
     """A state as text: '#' wall, 'A' agent, digits the object slots, '.' free."""
     grid = np.where(np.asarray(params.walls), "#", ".")[: int(params.height), : int(params.width)]

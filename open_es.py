@@ -465,12 +465,6 @@ def make_member_returns(config, optimizer_fn):
 
 
 # ----------------------------------------------------------------------------------------------- files
-def config_from_dict(d):
-    """The config of a saved file; JSON lists back to tuples, fields newer than the file keep their defaults."""
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return OpenConfig(**{**d, "ppo": ppo.PPOConfig(**d["ppo"])})
-
-
 def architecture(config):
     """The settings a checkpoint must share with a run that resumes it."""
     return {name: list(v) if isinstance(v := getattr(config, name), tuple) else v
@@ -515,7 +509,7 @@ def load_optimizer(path):
     if path.endswith(".npy"):
         return load_authors_optimizer(path)
     payload = runs.read_input(path, LEARNED_FILE, ("config", "meta_params"))
-    config = config_from_dict(json.loads(payload["config"]))
+    config = runs.config_from_dict(OpenConfig, json.loads(payload["config"]), ppo=PPOConfig)
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"{path} holds {LABELS.get(config.optimizer, config.optimizer)} trained by ES, not an OPEN "
                          f"optimizer: baselines.py evaluates it (--learned {path})")
@@ -620,8 +614,6 @@ def meta_train(config, learned=None):
 
 
 def plot_fitness(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     generations = np.arange(1, len(history["mean_return"]) + 1)
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -131,6 +131,7 @@ AGENT_PRESETS = {"Catch-bsuite": ("catch", "catch"), **{name: (name, name) for n
                  **{ppo.PRESETS[name]["env_name"]: (name, name)
                     for name in ("asterix", "breakout", "freeway", "spaceinvaders")}}
 META_GRAD_CLIP_MODES = ("global_norm", "elementwise")
+AGENTS = {"a2c": a2c, "ppo": ppo}  # Optim4RLConfig.algorithm: the module of the units' agent
 ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the read-out of each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing", "zero_readout")
 EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
@@ -145,9 +146,9 @@ L2L_P = 10.0  # p of L2LGD^2's gradient preprocessing (Andrychowicz et al. 2016,
 def agent_config(env_name, algorithm="a2c", meta=False, **overrides):
     """The a2c.py or ppo.py config of `env_name`: its preset in AGENT_PRESETS (Optim4RL App. C, C.3; `meta`: the one
     for meta-training) where the agent has it, the agent's defaults otherwise."""
-    module, config_class = (ppo, ppo.PPOConfig) if algorithm == "ppo" else (a2c, a2c.A2CConfig)
-    preset = module.PRESETS.get(AGENT_PRESETS.get(env_name, ("", ""))[not meta], {})
-    return replace(config_class(), **{**preset, "env_name": env_name, "log_every": 0, **overrides})
+    agent = AGENTS[algorithm]
+    name = AGENT_PRESETS.get(env_name, ("default", "default"))[not meta]
+    return agent.preset(name if name in agent.PRESETS else "default", env_name=env_name, log_every=0, **overrides)
 
 
 def task_lr(config, env_name):
@@ -162,12 +163,6 @@ def unit_agent_config(config, env_name=None):
                         learning_rate=task_lr(config, env_name))
 
 
-def steps_per_update(agent_cfg):
-    """Env steps of one A2C or PPO update (one rollout of every env)."""
-    return ppo.steps_per_update(agent_cfg) if isinstance(agent_cfg, ppo.PPOConfig) else \
-        agent_cfg.num_envs * agent_cfg.rollout_length
-
-
 def task_names(config):
     """The env of each group of units: `tasks` in multi-task training (Sec. 6.2), else env_name alone."""
     return tuple(config.tasks) or (config.env_name,)
@@ -179,8 +174,8 @@ def make_unit_agents(config):
     def env_params(name):
         return gridworld.make(name, reward_scale=gridworld.REWARD_SCALES[name])[1] if config.tasks else None
 
-    module = {"a2c": a2c, "ppo": ppo}[config.algorithm]
-    return tuple(module.make_agent(unit_agent_config(config, name), env_params(name)) for name in task_names(config))
+    return tuple(AGENTS[config.algorithm].make_agent(unit_agent_config(config, name), env_params(name))
+                 for name in task_names(config))
 
 
 def eval_algorithm(config):
@@ -200,8 +195,8 @@ def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
-    if config.algorithm not in ("a2c", "ppo"):
-        raise ValueError(f"unknown algorithm {config.algorithm!r}; valid: a2c, ppo")
+    if config.algorithm not in AGENTS:
+        raise ValueError(f"unknown algorithm {config.algorithm!r}; valid: {', '.join(AGENTS)}")
     if config.meta_grad_clip_mode not in META_GRAD_CLIP_MODES:
         raise ValueError(f"unknown meta_grad_clip_mode {config.meta_grad_clip_mode!r}; valid: "
                          f"{', '.join(META_GRAD_CLIP_MODES)}")
@@ -229,8 +224,8 @@ def validate(config):
     if config.eval and not os.path.exists(checkpoint_path(config.eval)):
         raise ValueError(f"eval: no checkpoint at {config.eval!r}")
     for name in task_names(config):
-        {"a2c": a2c, "ppo": ppo}[config.algorithm].validate(unit_agent_config(config, name))
-    {"a2c": a2c, "ppo": ppo}[eval_algorithm(config)].validate(eval_agent_config(config))
+        AGENTS[config.algorithm].validate(unit_agent_config(config, name))
+    AGENTS[eval_algorithm(config)].validate(eval_agent_config(config))
 
 
 # ----------------------------------------------------------------------------------------------- the optimizer
@@ -390,7 +385,7 @@ def outer_loss(meta_params, unit, key, agent, optimizer_fn, config):
     (params, opt_state, env_state, obs), returns = jax.lax.scan(
         inner, (unit.params, unit.opt_state, unit.env_state, unit.obs), keys[:-1])
     trajectory, env_state, obs = agent.rollout(params, env_state, obs, keys[-1])
-    loss, _ = agent.loss(params, trajectory, obs)
+    loss, _ = agent.loss(params, trajectory)
     return loss, (Unit(params, opt_state, env_state, obs, unit.age + 1), returns[-1])
 
 
@@ -506,9 +501,7 @@ def read_checkpoint(path):
     payload = runs.load_checkpoint(checkpoint_path(path))
     if payload is None or "optim4rl_state" not in payload:
         raise ValueError(f"no optim4rl_metagrad.py checkpoint at {path!r}")
-    saved = json.loads(payload["config"])
-    tuples = ("mlp_sizes", "tasks", "task_lrs", "eval_baseline_lrs")
-    return Optim4RLConfig(**{**saved, **{n: tuple(saved[n]) for n in tuples if n in saved}}), payload
+    return runs.config_from_dict(Optim4RLConfig, json.loads(payload["config"])), payload
 
 
 def is_checkpoint(path):
@@ -582,7 +575,7 @@ def evaluate(config, meta_params, out_dir):
     validate(config)
     agent_cfg = eval_agent_config(config)
     algorithm = eval_algorithm(config)
-    make_train = {"a2c": a2c.make_train, "ppo": ppo.make_train}[algorithm]
+    agent = AGENTS[algorithm]
     optimizer_fn = make_optimizer_fn(replace(config, remat=False))
     lr = jnp.float32(agent_cfg.learning_rate)
     optimizers = {"Optim4RL (learned)": (optimizer_fn, {"meta": meta_params, "learning_rate": lr}),
@@ -592,10 +585,11 @@ def evaluate(config, meta_params, out_dir):
         for baseline_lr in config.eval_baseline_lrs or (agent_cfg.learning_rate,):
             name = f"{label} (lr {baseline_lr:g})" if config.eval_baseline_lrs else label
             optimizers[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
-    trains = {fn: ppo.on_levels(make_train(agent_cfg, fn), agent_cfg.env_name) for fn, _ in optimizers.values()}
+    trains = {fn: gridworld.on_levels(agent.make_train(agent_cfg, fn), agent_cfg.env_name)
+              for fn, _ in optimizers.values()}
     return runs.compare({name: (trains[fn], params) for name, (fn, params) in optimizers.items()},
                         jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds)),
-                        steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),
+                        agent.steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),
                         f"{agent_cfg.env_name}: {algorithm.upper()}, {agent_cfg.total_timesteps:,} env steps, lr "
                         f"{agent_cfg.learning_rate} (Adam, RMSprop: {config.eval_baseline_lrs or 'the same'})",
                         t_level=0.90)

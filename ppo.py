@@ -35,7 +35,6 @@ observations after it, as Brax's PPO does; otherwise each observation is merged 
 one, at the end of training; rl_optimizer/train.py and eval.py).
 """
 import runs  # first: its XLA and OpenBLAS settings must come before jax starts
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
@@ -356,31 +355,13 @@ def last_episode_return(log_state):
                      jnp.nan)
 
 
-def evaluate(env, env_params, act, rng, num_episodes, max_steps):
-    """Mean return of one episode in each of `num_episodes` parallel envs, actions from `act(obs, key)`."""
-    rng, reset_key = jax.random.split(rng)
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_episodes), env_params)
-
-    def step(carry, key):
-        obs, state, total, running = carry
-        act_key, env_key = jax.random.split(key)
-        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(env_key, num_episodes), state, act(obs, act_key), env_params)
-        total = total + reward * running
-        return (obs, state, total, running & ~(terminated | truncated)), None
-
-    init = (obs, state, jnp.zeros(num_episodes), jnp.ones(num_episodes, bool))
-    (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(rng, max_steps))
-    return total.mean()
-
-
 class Agent(NamedTuple):
     """An agent's pieces (PPO's here, A2C's in a2c.py), each a pure function of its arguments (env, networks and config
     bound in), for `make_train` and for meta-gradients through updates (optim4rl_metagrad.py)."""
     networks: dict  # PPO: {"actor": MLP, "critic": MLP}
     init: Callable  # rng -> (params, env_state, obs)
-    rollout: Callable  # (params, env_state, obs, rng) -> (batch with GAE advantages and targets, env_state, obs)
-    loss: Callable  # (params, batch, last_obs) -> (loss, activations)
+    rollout: Callable  # (params, env_state, obs, rng) -> (batch, env_state, obs)
+    loss: Callable  # (params, batch) -> (loss, activations)
     update: Callable  # (params, opt_state, env_state, obs, rng, optimizer, training_proportion) -> (..., metrics)
     act: Callable  # (params, obs, rng) -> the env's actions
     env: object  # one env (the final-policy evaluation's)
@@ -399,13 +380,57 @@ def optimizer_step(optimizer, params, opt_state, grads, context, key, training_p
     return optax.apply_updates(params, updates), opt_state, reported
 
 
-def make_agent(config, env_params=None):
-    """PPO's pieces (Agent). The optimizer acts on the whole agent, {"actor": ..., "critic": ...}: its state is
-    optimizer.init(params)."""
-    validate(config)
-    env, default_env_params = wrappers.make_env(config.env_name, config.brax_backend, config.episode_length)
-    env_params = default_env_params if env_params is None else env_params
-    action_space = env.action_space(default_env_params)
+class Batching(NamedTuple):
+    """How a rollout becomes minibatches, chosen once (BATCHINGS[config.minibatch_gae]). Rows of `unit` steps;
+    `make(params, steps, final_obs, value_of)` the batch from the rollout's steps (time, envs, ...);
+    `as_steps(batch)` a minibatch's rows as steps; `with_advantages(params, steps, value, value_of)` them with their
+    advantages and targets, `value` the critic's on their observations."""
+    unit: int  # steps per row
+    make: Callable
+    as_steps: Callable
+    with_advantages: Callable
+
+
+def steps_batch(config):
+    """PureJaxRL's PPO: GAE once per rollout, a batch of single steps."""
+    def make(params, steps, final_obs, value_of):
+        advantage, target = gae(steps["reward"], steps["value"], steps["done"], value_of(params, final_obs),
+                                config.gamma, config.gae_lambda, config.unroll_length, steps.get("truncated"))
+        batch = {k: v for k, v in steps.items() if k not in ("reward", "done", "truncated")}
+        return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), dict(batch, advantage=advantage, target=target))
+    return Batching(1, make, lambda batch: batch, lambda params, batch, value, value_of: batch)
+
+
+def unrolls_batch(config):
+    """Brax's PPO (minibatch_gae; losses.py compute_ppo_loss): a batch of n-step unrolls, each with the observation
+    after it to bootstrap from; GAE over each unroll recomputed in the loss with the current critic."""
+    n = config.unroll_length
+
+    def make(params, steps, final_obs, value_of):
+        def unrolls(x):  # (num_steps, num_envs, ...) -> (num_steps / n * num_envs, n, ...)
+            x = x.reshape((config.num_steps // n, n) + x.shape[1:])
+            return jnp.swapaxes(x, 1, 2).reshape((-1, n) + x.shape[3:])
+        after = jnp.concatenate([steps["obs"][n::n], final_obs[None]])
+        return dict(jax.tree.map(unrolls, steps), bootstrap_obs=after.reshape((-1,) + after.shape[2:]))
+
+    def as_steps(batch):  # unroll by unroll
+        return {k: v if k == "bootstrap_obs" else v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+
+    def with_advantages(params, batch, value, value_of):
+        over_time = lambda x: x.reshape(-1, n).T  # time on axis 0
+        advantage, target = gae(over_time(batch["reward"]), over_time(value), over_time(batch["done"]),
+                                value_of(params, batch["bootstrap_obs"]), config.gamma, config.gae_lambda, n,
+                                over_time(batch["truncated"]) if "truncated" in batch else None)
+        return dict(batch, **jax.lax.stop_gradient(dict(advantage=advantage.T.reshape(-1),
+                                                         target=target.T.reshape(-1))))
+    return Batching(n, make, as_steps, with_advantages)
+
+
+BATCHINGS = {False: steps_batch, True: unrolls_batch}  # PPOConfig.minibatch_gae
+
+
+def make_networks(config, action_space):
+    """({"actor": MLP, "critic": MLP}, the policy head (HEADS), the action bounds) for the env's action space."""
     continuous = isinstance(action_space, spaces.Box)
     head = HEADS[config.policy_head if continuous else "categorical"]
     bounds = (action_space.low, action_space.high) if continuous else (None, None)
@@ -413,51 +438,44 @@ def make_agent(config, env_params=None):
     actor = MLP(config.width, config.depth, out, config.activation, 0.01, config.kernel_init, head.log_std)
     critic = MLP(config.critic_width or config.width, config.critic_depth or config.depth, 1, config.activation, 1.0,
                  config.kernel_init)
-    networks = {"actor": actor, "critic": critic}
-    batch_size = steps_per_update(config)
-    unit = config.unroll_length if config.minibatch_gae else 1  # what minibatches are made of: steps or unrolls
-    minibatch_size = batch_size // unit // config.num_minibatches
-    clip_gradient = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(
-        config.max_grad_norm)
+    return {"actor": actor, "critic": critic}, head, bounds
+
+
+def make_agent(config, env_params=None):
+    """PPO's pieces (Agent), in PureJaxRL's order: networks, collect trajectories (rollout), calculate advantage
+    (Batching), update network (loss, update). The optimizer acts on the whole agent, {"actor": ..., "critic": ...}:
+    its state is optimizer.init(params)."""
+    validate(config)
+    env, default_env_params = wrappers.make_env(config.env_name, config.brax_backend, config.episode_length)
+    env_params = default_env_params if env_params is None else env_params
+    networks, head, bounds = make_networks(config, env.action_space(default_env_params))
+    actor, critic = networks["actor"], networks["critic"]
     envs = wrappers.NormalizedEnvs(env, config.num_envs, config.normalize_obs,
                                     config.gamma if config.normalize_reward else None, config.normalize_per_rollout)
+    batching = BATCHINGS[config.minibatch_gae](config)
 
     def value_of(params, obs):
         return critic.apply(params["critic"], obs)[0][:, 0]
-
-    def loss_fn(params, batch):
-        if config.minibatch_gae:  # unrolls, (units, n, ...), flattened to steps unroll by unroll
-            units = batch["obs"].shape[0]
-            batch = {k: v if k == "bootstrap_obs" else v.reshape((units * unit,) + v.shape[2:])
-                     for k, v in batch.items()}
-        actor_out, actor_activations = actor.apply(params["actor"], batch["obs"])
-        value, critic_activations = critic.apply(params["critic"], batch["obs"])
-        value = value[:, 0]
-        if config.minibatch_gae:  # Brax's PPO: GAE over each unroll with the current critic, time on axis 0
-            over_time = lambda x: x.reshape(units, unit).T
-            advantage, target = gae(over_time(batch["reward"]), over_time(value), over_time(batch["done"]),
-                                    value_of(params, batch["bootstrap_obs"]), config.gamma, config.gae_lambda,
-                                    unit, over_time(batch["truncated"]) if "truncated" in batch else None)
-            batch = dict(batch, **jax.lax.stop_gradient(dict(advantage=advantage.T.reshape(-1),
-                                                             target=target.T.reshape(-1))))
-        pi = head.policy(actor_out)
-        ratio = jnp.exp(pi.log_prob(batch["action"]) - batch["log_prob"])
-        advantage = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
-        actor_loss = -jnp.minimum(ratio * advantage,
-                                  jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * advantage).mean()
-        value_loss = (value - batch["target"]) ** 2
-        if config.clip_value_loss:
-            value_clipped = batch["value"] + jnp.clip(value - batch["value"], -config.clip_eps, config.clip_eps)
-            value_loss = jnp.maximum(value_loss, (value_clipped - batch["target"]) ** 2)
-        entropy = pi.entropy_estimate(batch["noise"]) if head.noise else pi.entropy()
-        loss = actor_loss + config.vf_coef * 0.5 * value_loss.mean() - config.ent_coef * entropy.mean()
-        return loss, {"actor": actor_activations, "critic": critic_activations}
 
     def init(rng):
         actor_key, critic_key, reset_key = jax.random.split(rng, 3)
         obs, env_state = envs.reset(reset_key, env_params)
         return {"actor": actor.init(actor_key, obs), "critic": critic.init(critic_key, obs)}, env_state, obs
 
+    def act(params, obs, rng):
+        return head.env_action(head.policy(actor.apply(params["actor"], obs)[0]).sample(seed=rng), *bounds)
+
+    rollout = make_rollout(config, envs, env_params, actor, head, bounds, value_of, batching)
+    loss = make_loss(config, networks, head, value_of, batching)
+    update = make_update(config, networks, rollout, loss, batching.unit)
+    return Agent(networks, init, rollout, loss, update, act, env, env_params, envs, steps_per_update(config))
+
+
+# ---------------------------------------------------------------------------------------- collect trajectories
+def make_rollout(config, envs, env_params, actor, head, bounds, value_of, batching):
+    """`rollout(params, env_state, obs, rng)`: `num_steps` steps of every env, made into a batch (Batching). With
+    normalize_per_rollout, the rollout's observations are merged into the statistics, and the batch holds them
+    normalised by the result (Brax's PPO). No gradient."""
     def env_step(carry, key):
         params, env_state, obs = carry  # obs as envs returned it: raw with normalize_per_rollout
         action_key, env_key = jax.random.split(key)
@@ -479,69 +497,82 @@ def make_agent(config, env_params=None):
         return (params, env_state, next_obs), step
 
     def rollout(params, env_state, obs, rng):
-        """`num_steps` steps of every env, flattened into one batch of steps with GAE advantages and targets, or with
-        minibatch_gae into a batch of unrolls, (num_envs * num_steps / n, n, ...), each with the observation after it
-        (to bootstrap from), their GAE left to the loss. With normalize_per_rollout, the rollout's observations are
-        merged into the statistics, and the batch holds them normalised by the result (Brax's PPO). No gradient."""
-        (_, env_state, last_obs), rollout = jax.lax.scan(env_step, (params, env_state, obs),
-                                                         jax.random.split(rng, config.num_steps))
-        env_state = envs.merge(env_state, rollout["obs"])
-        rollout, final = dict(rollout, obs=envs.seen(env_state, rollout["obs"])), envs.seen(env_state, last_obs)
-        if config.minibatch_gae:
-            def unrolls(x):  # (num_steps, num_envs, ...) -> (num_steps / n * num_envs, n, ...)
-                x = x.reshape((config.num_steps // unit, unit) + x.shape[1:])
-                return jnp.swapaxes(x, 1, 2).reshape((batch_size // unit, unit) + x.shape[3:])
-            after = jnp.concatenate([rollout["obs"][unit::unit], final[None]])
-            batch = dict(jax.tree.map(unrolls, rollout), bootstrap_obs=after.reshape((-1,) + after.shape[2:]))
-            return jax.lax.stop_gradient(batch), env_state, last_obs
-        advantage, target = gae(rollout["reward"], rollout["value"], rollout["done"], value_of(params, final),
-                                config.gamma, config.gae_lambda, config.unroll_length, rollout.get("truncated"))
-        batch = {k: v for k, v in rollout.items() if k not in ("reward", "done", "truncated")}
-        batch = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]),
-                             dict(batch, advantage=advantage, target=target))
-        return jax.lax.stop_gradient(batch), env_state, last_obs
+        (_, env_state, last_obs), steps = jax.lax.scan(env_step, (params, env_state, obs),
+                                                       jax.random.split(rng, config.num_steps))
+        env_state = envs.merge(env_state, steps["obs"])
+        steps, final = dict(steps, obs=envs.seen(env_state, steps["obs"])), envs.seen(env_state, last_obs)
+        return jax.lax.stop_gradient(batching.make(params, steps, final, value_of)), env_state, last_obs
+    return rollout
 
-    def loss(params, batch, last_obs):
-        return loss_fn(params, batch)
 
-    def learn(optimizer, params, opt_state, grads, activations, key, training_proportion, batch_proportion):
-        """The optimizer's side of a minibatch: each network's gradient clipped, the context (module docstring) from
-        the minibatch's activations, optimizer_step, and the fraction of dormant actor neurons (OPEN eq. 6)."""
-        grads = {name: clip_gradient.update(g, clip_gradient.init(g))[0] for name, g in grads.items()}
-        trees = {name: network_context(params[name], activations[name], networks[name].layer_proportions,
-                                       params[name]["params"] if name == "actor" else ()) for name in networks}
-        context = {k: {name: tree[k] for name, tree in trees.items()} for k in trees["actor"]}
-        params, opt_state, reported = optimizer_step(optimizer, params, opt_state, grads, context, key,
-                                                     training_proportion, batch_proportion)
-        dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
-                                      for n, a in activations["actor"].items() if n.startswith("hidden")]))
-        return params, opt_state, {"dormant_fraction": dormant, "optimizer": reported}
+# ----------------------------------------------------------------------------------------------- update network
+def make_loss(config, networks, head, value_of, batching):
+    """`loss(params, minibatch)` -> (loss, activations): PPO's clipped surrogate, (clipped) value loss and entropy
+    bonus (PureJaxRL's ppo.py; Brax's losses.py without value clipping), advantages normalised per minibatch."""
+    def loss(params, batch):
+        batch = batching.as_steps(batch)
+        actor_out, actor_activations = networks["actor"].apply(params["actor"], batch["obs"])
+        value, critic_activations = networks["critic"].apply(params["critic"], batch["obs"])
+        value = value[:, 0]
+        batch = batching.with_advantages(params, batch, value, value_of)
+        pi = head.policy(actor_out)
+        ratio = jnp.exp(pi.log_prob(batch["action"]) - batch["log_prob"])
+        advantage = (batch["advantage"] - batch["advantage"].mean()) / (batch["advantage"].std() + 1e-8)
+        actor_loss = -jnp.minimum(ratio * advantage,
+                                  jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * advantage).mean()
+        value_loss = (value - batch["target"]) ** 2
+        if config.clip_value_loss:
+            value_clipped = batch["value"] + jnp.clip(value - batch["value"], -config.clip_eps, config.clip_eps)
+            value_loss = jnp.maximum(value_loss, (value_clipped - batch["target"]) ** 2)
+        entropy = pi.entropy_estimate(batch["noise"]) if head.noise else pi.entropy()
+        loss = actor_loss + config.vf_coef * 0.5 * value_loss.mean() - config.ent_coef * entropy.mean()
+        return loss, {"actor": actor_activations, "critic": critic_activations}
+    return loss
+
+
+def learn(config, networks, optimizer, params, opt_state, grads, activations, key, training_proportion,
+          batch_proportion):
+    """The optimizer's side of a minibatch: each network's gradient clipped, the context (module docstring) from the
+    minibatch's activations, optimizer_step, and the fraction of dormant actor neurons (OPEN eq. 6)."""
+    clip = (optax.clip if config.grad_clip_mode == "elementwise" else optax.clip_by_global_norm)(config.max_grad_norm)
+    grads = {name: clip.update(g, clip.init(g))[0] for name, g in grads.items()}
+    trees = {name: network_context(params[name], activations[name], networks[name].layer_proportions,
+                                   params[name]["params"] if name == "actor" else ()) for name in networks}
+    context = {k: {name: tree[k] for name, tree in trees.items()} for k in trees["actor"]}
+    params, opt_state, reported = optimizer_step(optimizer, params, opt_state, grads, context, key,
+                                                 training_proportion, batch_proportion)
+    dormant = jnp.mean(jnp.stack([jnp.mean(dormancy_scores(a) == 0.0)
+                                  for n, a in activations["actor"].items() if n.startswith("hidden")]))
+    return params, opt_state, {"dormant_fraction": dormant, "optimizer": reported}
+
+
+def make_update(config, networks, rollout, loss, unit):
+    """`update(params, opt_state, env_state, obs, rng, optimizer, training_proportion)`: one PPO update, a fresh
+    rollout, then `update_epochs` epochs of `num_minibatches` optimizer steps on shuffled rows (of `unit` steps)."""
+    rows = steps_per_update(config) // unit
+
+    def minibatch(carry, inputs, optimizer, training_proportion, batch_proportion):
+        params, opt_state = carry
+        mb, key = inputs
+        if "noise" in mb:  # TanhGaussian's entropy estimate: fresh noise for each minibatch
+            mb = dict(mb, noise=jax.random.normal(jax.random.fold_in(key, 1), mb["noise"].shape))
+        (value, activations), grads = jax.value_and_grad(loss, has_aux=True)(params, mb)
+        params, opt_state, stats = learn(config, networks, optimizer, params, opt_state, grads, activations, key,
+                                         training_proportion, batch_proportion)
+        return (params, opt_state), dict(stats, loss=value)
 
     def update(params, opt_state, env_state, obs, rng, optimizer, training_proportion):
-        """One PPO update: a fresh rollout, then `update_epochs` epochs of `num_minibatches` optimizer steps."""
         rollout_key, epoch_key = jax.random.split(rng)
         batch, env_state, obs = rollout(params, env_state, obs, rollout_key)
 
         def epoch(carry, inputs):
             epoch_index, key = inputs
             permutation_key, minibatch_key = jax.random.split(key)
-            order = jax.random.permutation(permutation_key, batch_size // unit)  # one sort for all fields
-            shuffled = jax.tree.map(lambda x: x[order].reshape((config.num_minibatches, minibatch_size) + x.shape[1:]),
-                                    batch)
-
-            def minibatch(carry, inputs):
-                params, opt_state = carry
-                mb, key = inputs
-                if "noise" in mb:  # TanhGaussian's entropy estimate: fresh noise for each minibatch
-                    mb = dict(mb, noise=jax.random.normal(jax.random.fold_in(key, 1), mb["noise"].shape))
-                (loss, activations), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
-                params, opt_state, stats = learn(optimizer, params, opt_state, grads, activations, key,
-                                                 training_proportion, proportion(epoch_index, config.update_epochs))
-                return (params, opt_state), dict(stats, loss=loss)
-
-            carry, stats = jax.lax.scan(minibatch, carry, (shuffled, jax.random.split(minibatch_key,
-                                                                                       config.num_minibatches)))
-            return carry, stats
+            order = jax.random.permutation(permutation_key, rows)  # one sort for all fields
+            shuffled = jax.tree.map(lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:]), batch)
+            step = lambda carry, inputs: minibatch(carry, inputs, optimizer, training_proportion,
+                                                   proportion(epoch_index, config.update_epochs))
+            return jax.lax.scan(step, carry, (shuffled, jax.random.split(minibatch_key, config.num_minibatches)))
 
         (params, opt_state), stats = jax.lax.scan(
             epoch, (params, opt_state),
@@ -551,11 +582,7 @@ def make_agent(config, env_params=None):
         if stats["optimizer"]:
             metrics["optimizer"] = jax.tree.map(lambda x: x.mean((0, 1)), stats["optimizer"])
         return params, opt_state, env_state, obs, metrics
-
-    def act(params, obs, rng):
-        return head.env_action(head.policy(actor.apply(params["actor"], obs)[0]).sample(seed=rng), *bounds)
-
-    return Agent(networks, init, rollout, loss, update, act, env, env_params, envs, batch_size)
+    return update
 
 
 def make_train(config, optimizer_fn, agent_fn=None):
@@ -583,73 +610,31 @@ def make_train(config, optimizer_fn, agent_fn=None):
             params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
                                                                       optimizer, proportion(update_index, num_updates))
             if config.log_every:
-                log_progress(seed_tag, update_index, num_updates, metrics, config)
+                runs.log_progress(seed_tag, update_index, num_updates, metrics, config)
             return (params, opt_state, env_state, obs, rng), metrics
 
         (params, _, env_state, _, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
                                                                jnp.arange(num_updates))
-        final_return = evaluate(agent.env, agent.env_params,  # with the training's final statistics, frozen
-                                lambda obs, key: agent.act(params, agent.envs.observe(env_state, obs), key), rng,
-                                config.eval_episodes, eval_max_steps)
+        final_return = runs.evaluate(agent.env, agent.env_params,  # with the training's final statistics, frozen
+                                     lambda obs, key: agent.act(params, agent.envs.observe(env_state, obs), key), rng,
+                                     config.eval_episodes, eval_max_steps)
         return {"metrics": metrics, "final_return": final_return,
                 "training_return": env_state.env.returned_episode_returns.mean(), "params": params}
 
     return train
 
 
-def log_progress(seed, update_index, num_updates, metrics, config):
-    """Print a progress line from inside the jitted run every `config.log_every` updates, and record it. The update
-    index is the same for all vmapped seeds, so the condition stays a real branch and skipped updates cost nothing."""
-    def show(seed, update_index, metrics):
-        line = {"seed": int(seed), "update": int(update_index) + 1, "return": float(metrics["episode_return"]),
-                "loss": float(metrics["loss"]), "dormant": float(metrics["dormant_fraction"])}
-        print(f"seed {line['seed']}  update {line['update']}/{num_updates}  return {line['return']:.2f}  "
-              f"loss {line['loss']:.4f}  dormant {line['dormant']:.2f}", flush=True)
-        runs.record(config.run_dir, line, config.wandb)
-
-    jax.lax.cond((update_index % config.log_every == 0) | (update_index == num_updates - 1),
-                 lambda: jax.debug.callback(show, seed, update_index, metrics), lambda: None)
-
-
-def train_and_report(algorithm, config, train):
-    """Run `train` (from make_train) over config.num_seeds seeds, vmapped and jitted, with the config's hand-designed
-    optimizer settings, and print each seed's final return."""
-    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
-    start = time.time()
-    out = jax.block_until_ready(jax.jit(jax.vmap(train, in_axes=(0, None)))(jax.vmap(jax.random.PRNGKey)(seeds),
-                                                                            hyperparameters(config)))
-    final = np.asarray(out["final_return"])
-    print(f"\n{algorithm} on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
-          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {time.time() - start:.0f} s "
-          f"(compile included)")
-    for seed, value in zip(np.asarray(seeds), final):
-        print(f"  seed {seed}: final return {value:.2f}")
-        runs.record(config.run_dir, {"seed": int(seed), "final_return": float(value)}, config.wandb)
-    print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- comparisons
-def on_levels(train, env_name):
-    """`run(key, optimizer_params)`: `train` on a level of the gridworld distribution `env_name` drawn from the key
-    (jax.random.fold_in(key, 1)), the same level for the same key in meta-training and in every evaluation; on any
-    other env, `train` itself."""
-    if env_name not in gridworld.DISTRIBUTIONS:
-        return lambda key, optimizer_params: train(key, optimizer_params)
-    env = gridworld.make(env_name)[0]
-    return lambda key, optimizer_params: train(key, optimizer_params,
-                                               gridworld.sample_level(jax.random.fold_in(key, 1), env))
-
-
 def make_run(config, optimizer_fn):
     """`run(key, optimizer_params)` -> make_train's output; on a gridworld distribution each key draws its level."""
-    return on_levels(make_train(config, optimizer_fn), config.env_name)
+    return gridworld.on_levels(make_train(config, optimizer_fn), config.env_name)
 
 
 def main(config):
     validate(config)
     anneal = optimizer_steps(config) if config.anneal_lr else None
-    return train_and_report("PPO", config, make_train(config, hand_designed(config.optimizer, anneal)))
+    return runs.train_and_report("PPO", config, make_train(config, hand_designed(config.optimizer, anneal)),
+                                 hyperparameters(config))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files, never shown
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
 # threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import argparse
@@ -68,6 +69,13 @@ def parse_config(config_class, presets, argv=None):
         raise SystemExit(f"unknown preset {known.preset!r}; valid: {', '.join(presets)}")
     return tyro.cli(config_class, default=replace(config_class(), **presets[known.preset]), args=rest,
                     description=f"Presets (--preset): {', '.join(presets)}")
+
+
+def config_from_dict(config_class, saved, **nested):
+    """The config a file saved as JSON (dataclasses.asdict): lists back to tuples, the `nested` fields' dicts back to
+    their classes (field=class); fields newer than the file keep their defaults."""
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    return config_class(**{**saved, **{name: cls(**saved[name]) for name, cls in nested.items()}})
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -166,6 +174,56 @@ def save_figure(fig, path):
 
 
 # ----------------------------------------------------------------------------------------------- comparisons
+def evaluate(env, env_params, act, rng, num_episodes, max_steps):
+    """Mean return of one episode in each of `num_episodes` parallel envs, actions from `act(obs, key)`."""
+    rng, reset_key = jax.random.split(rng)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_episodes), env_params)
+
+    def step(carry, key):
+        obs, state, total, running = carry
+        act_key, env_key = jax.random.split(key)
+        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(env_key, num_episodes), state, act(obs, act_key), env_params)
+        total = total + reward * running
+        return (obs, state, total, running & ~(terminated | truncated)), None
+
+    init = (obs, state, jnp.zeros(num_episodes), jnp.ones(num_episodes, bool))
+    (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(rng, max_steps))
+    return total.mean()
+
+
+def log_progress(seed, update_index, num_updates, metrics, config):
+    """Print a progress line from inside the jitted run every `config.log_every` updates, and record it. The update
+    index is the same for all vmapped seeds, so the condition stays a real branch and skipped updates cost nothing."""
+    def show(seed, update_index, metrics):
+        line = {"seed": int(seed), "update": int(update_index) + 1, "return": float(metrics["episode_return"]),
+                "loss": float(metrics["loss"]), "dormant": float(metrics["dormant_fraction"])}
+        print(f"seed {line['seed']}  update {line['update']}/{num_updates}  return {line['return']:.2f}  "
+              f"loss {line['loss']:.4f}  dormant {line['dormant']:.2f}", flush=True)
+        record(config.run_dir, line, config.wandb)
+
+    jax.lax.cond((update_index % config.log_every == 0) | (update_index == num_updates - 1),
+                 lambda: jax.debug.callback(show, seed, update_index, metrics), lambda: None)
+
+
+def train_and_report(algorithm, config, train, optimizer_params):
+    """Run `train` (a make_train's) over config.num_seeds seeds, vmapped and jitted, with `optimizer_params` (the
+    config's hand-designed optimizer settings), and print each seed's final return."""
+    seeds = jnp.arange(config.seed, config.seed + config.num_seeds)
+    start = time.time()
+    out = jax.block_until_ready(jax.jit(jax.vmap(train, in_axes=(0, None)))(jax.vmap(jax.random.PRNGKey)(seeds),
+                                                                            optimizer_params))
+    final = np.asarray(out["final_return"])
+    print(f"\n{algorithm} on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
+          f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {time.time() - start:.0f} s "
+          f"(compile included)")
+    for seed, value in zip(np.asarray(seeds), final):
+        print(f"  seed {seed}: final return {value:.2f}")
+        record(config.run_dir, {"seed": int(seed), "final_return": float(value)}, config.wandb)
+    print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
+    return out
+
+
 def held_out_keys(num_seeds, first=10_000):
     """Evaluation seeds, apart from the seeds of meta-training and tuning."""
     return jax.vmap(jax.random.PRNGKey)(jnp.arange(first, first + num_seeds))
@@ -182,6 +240,11 @@ def interval_estimates(scores, reps=2000, seed=0):
         points, intervals = rly.get_interval_estimates(scores, aggregate, reps=reps,
                                                        random_state=np.random.RandomState(seed))
     return {name: np.stack([points[name], intervals[name][0], intervals[name][1]], 1) for name in scores}
+
+
+def interval_cell(estimate):
+    """A table cell of (point, low, high): 'point [low, high]'."""
+    return f"{estimate[0]:.3f} [{estimate[1]:.3f}, {estimate[2]:.3f}]"
 
 
 def t_interval(values, level=0.90):
@@ -202,8 +265,6 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
                          paper's 0.9) also the mean's Student-t interval
         <out_path>.png   return curves: IQM over seeds with 95% bootstrap CIs (rliable's sample-efficiency plot)
     Returns {name: {"final": (seeds,), "training": (seeds,), "curve": (seeds, updates)}}."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from rliable import library as rly
     from rliable import plot_utils
@@ -217,7 +278,6 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
                       "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
     seconds = time.time() - start
     estimates = interval_estimates({n: r["final"][:, None] for n, r in results.items()}, reps)
-    cell = lambda e: f"{e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]"  # noqa: E731
     lines = [f"# {title}", "", f"{len(keys)} held-out seeds per optimizer, trained in one program in {seconds:.0f} s "
              f"(compile included). Final return: evaluation of the final policy; 95% stratified bootstrap CIs "
              f"(rliable, {reps} resamples)" + (f"; t: mean +- the {t_level:.0%} Student-t interval" if t_level else "")
@@ -228,7 +288,7 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
     for name, r in results.items():
         t = t_interval(r["final"], t_level) if t_level else None
         training = f"{r['training'].mean():.3f}"
-        lines.append(f"| {name} | {cell(estimates[name][0])} | {cell(estimates[name][1])} |"
+        lines.append(f"| {name} | {interval_cell(estimates[name][0])} | {interval_cell(estimates[name][1])} |"
                      + (f" {t[0]:.3f} +- {t[1]:.3f} |" if t else "") + f" {training} |")
         summary[name] = {"final_returns": r["final"].tolist(), "iqm": estimates[name][0].tolist(),
                          "mean": estimates[name][1].tolist(), **({"t_interval": list(map(float, t))} if t else {}),

@@ -187,8 +187,6 @@ def plot_curve(ax, steps, values, label, **style):
 
 def plot_all(runs, config, out_dir):
     """The four PNGs of the module docstring; returns their paths."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = (np.arange(runs["OPEN"]["metrics"]["episode_return"].shape[1]) + 1) * config.ppo.num_envs * \
         config.ppo.num_steps

@@ -39,7 +39,8 @@ def main():
             ("OPEN", *open_es.learned_optimizer(os.path.join(ROOT, "trained", "authors", "breakout_OPEN.npy")))):
         train = jax.jit(ppo.make_train(config, optimizer_fn)).lower(jax.random.PRNGKey(0), optimizer_params).compile()
         seconds[name] = timed(train, jax.random.PRNGKey(0), optimizer_params)
-        print(f"PPO + {name:4s} on {config.env_name} ({args.updates} updates): {steps / seconds[name]:10,.0f} env steps/s")
+        print(f"PPO + {name:4s} on {config.env_name} ({args.updates} updates): "
+              f"{steps / seconds[name]:10,.0f} env steps/s")
     print(f"OPEN / Adam time: {seconds['OPEN'] / seconds['Adam']:.2f}x")
 
     base = open_es.OpenConfig()

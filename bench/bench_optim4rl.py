@@ -42,8 +42,8 @@ def meta_training(config, meta_steps, compile_only):
         start = time.perf_counter()
         jax.block_until_ready(chunk(state))
         seconds = (time.perf_counter() - start) / meta_steps
-    env_steps = len(om.task_names(config)) * config.num_units * om.steps_per_update(om.unit_agent_config(config)) * \
-        (config.inner_updates + 1)
+    per_update = om.AGENTS[config.algorithm].steps_per_update(om.unit_agent_config(config))
+    env_steps = len(om.task_names(config)) * config.num_units * per_update * (config.inner_updates + 1)
     agent_params = sum(x.size for x in jax.tree.leaves(state.units[0].params)) // config.num_units
     print(f"{config.env_name}: {config.num_units} units x {config.envs_per_unit} envs, M = {config.inner_updates}, "
           f"{agent_params:,} agent parameters a unit, remat {config.remat} (chunk {config.remat_chunk}), "
@@ -82,7 +82,8 @@ def main():
     parser.add_argument("--plain", action="store_true", help="no remat and no unit chunks (for comparison)")
     parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args()
-    config = replace(om.Optim4RLConfig(), **om.PRESETS[args.preset], **({"remat": False, "unit_chunk": 0} if args.plain else {}))
+    config = replace(om.Optim4RLConfig(), **om.PRESETS[args.preset],
+                     **({"remat": False, "unit_chunk": 0} if args.plain else {}))
     om.validate(config)
     if len(args.units) > 1:  # one subprocess per size: each peak RSS is that size's alone
         flags = ["--preset", args.preset, "--meta-steps", str(args.meta_steps)] + \

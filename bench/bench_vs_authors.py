@@ -82,7 +82,8 @@ def anchors(drivers, built, purejaxrl):
                         "configs/meta_rl_catch_bench.json", "--idx", "1", "--mode", "meta"])
         found["Optim4RL authors"] = (field(out, "s_per_meta_iter(median 2..N)"), field(out, "steps_per_s"), rss)
     else:
-        notes.append("Optim4RL authors' code: skipped (needs --anchors with o4rl_driver.py and --built with o4rl-venv/)")
+        notes.append("Optim4RL authors' code: skipped (needs --anchors with o4rl_driver.py and --built with "
+                     "o4rl-venv/)")
     return found, notes
 
 

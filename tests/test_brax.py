@@ -319,7 +319,7 @@ def test_minibatch_gae_is_braxs_ppo_loss_on_whole_unrolls():
 
     moved = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
     mb = batch  # a minibatch of all 32 unrolls
-    ours, _ = agent.loss(moved, mb, last_obs)
+    ours, _ = agent.loss(moved, mb)
 
     def network(name):  # brax's apply(normalizer_params, params, obs) on [..., obs]
         module = agent.networks[name]

@@ -151,7 +151,7 @@ class LinearToy(NamedTuple):
     def rollout(self, params, env_state, obs, key):
         return jax.random.normal(key, params.shape, params.dtype), env_state, obs
 
-    def loss(self, params, trajectory, last_obs):
+    def loss(self, params, trajectory):
         return jnp.sum(trajectory * jnp.sin(params)), None
 
 
