@@ -103,9 +103,6 @@ class OpenConfig:
     # Optim4RL trained by this ES (baselines.py): its fixed lr, stored with the file (Sec. 6.1: 0.1 x tuned Adam's)
     optim4rl_learning_rate: float = 0.0
     task_sampling: bool = False  # gridworld levels of `ppo.env_name` drawn per antithetic pair (App. D)
-    generalisation: bool = False  # with eval: Figures 4 and 16, OPEN / Adam on GRID_EVAL_LEVELS, widths, lengths
-    eval_widths: tuple[int, ...] = (8, 16, 32, 64, 128)  # agent widths of that evaluation (Figure 4)
-    eval_lengths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # training lengths, x total_timesteps (Figure 16)
     # Multi-host (jax.distributed, joined by `start_distributed` when run as a script): host:port of process 0
     # ("auto": detected, e.g. SLURM), the number of processes and this one's index.
     coordinator: str = ""
@@ -119,7 +116,6 @@ ES_INITS = ("random", "zeros")
 ABLATIONS = ("training_proportion", "batch_proportion", "dormancy", "layer_proportion", "stochasticity")
 # The four games of Sec. 6.3; SpaceInvaders as gymnax 0.0.6 had it, as the authors ran it (wrappers.py).
 MINATAR_ENVS = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar@gymnax-0.0.6")
-GRID_EVAL_LEVELS = ("all", "rand_dense", "rand_sparse", "rand_long") + tuple(gridworld.MAZES)
 AUTHORS_ES = dict(es_init="zeros", es_b1=0.99)  # the ES mean starts at zero; Adam b1 0.99 (authors' train.py)
 MINATAR_ES = dict(AUTHORS_ES, population_size=64, sigma_init=0.03, sigma_decay=0.999, es_learning_rate=0.03,
                   es_learning_rate_decay=0.999, generations=700, eval_every=24)
@@ -645,48 +641,18 @@ def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
                         f"{ppo_config.total_timesteps:,} steps (time limit: {ppo_config.time_limit})")
 
 
-def generalisation(config, optimizer_fn, meta_params, out_dir):
-    """Learned optimizer / Adam on gridworlds (Figures 4 and 16): in distribution ('all') and out of support, for
-    agent widths `eval_widths` and training lengths `eval_lengths` x total_timesteps. Each seed trains on its own
-    level, the same for both optimizers; IQM over seeds of the return divided by Adam's mean return (the paper's
-    metric, which needs Adam's mean well above 0: each optimizer's own IQM return is reported next to it)."""
-    from rliable.metrics import aggregate_iqm
-    settings = [(f"width {w}", replace(config.ppo, width=w)) for w in config.eval_widths] + \
-        [(f"length x{x}", replace(config.ppo, total_timesteps=int(x * config.ppo.total_timesteps)))
-         for x in config.eval_lengths]
-    label = LABELS[config.optimizer]
-    lines = [f"# {label} / Adam on gridworlds ({config.eval_seeds} seeds)", "",
-             f"| level | setting | IQM of return / Adam's mean | IQM return: {label}, Adam | Adam's mean return |",
-             "|---|---|---|---|---|"]
-    for level in GRID_EVAL_LEVELS:
-        for setting, ppo_config in settings:
-            ppo_config = replace(ppo_config, env_name=level, eval_max_steps=max_horizon(level))
-            out_path = os.path.join(out_dir, "generalisation", f"{level}_{setting.replace(' ', '_')}")
-            learned, adam = (r["final"] for r in versus_adam(config, optimizer_fn, meta_params, ppo_config,
-                                                             out_path).values())
-            lines.append(f"| {level} | {setting} | {aggregate_iqm(learned[:, None] / adam.mean()):.3f} | "
-                         f"{aggregate_iqm(learned[:, None]):.3f}, {aggregate_iqm(adam[:, None]):.3f} | "
-                         f"{adam.mean():.3f} |")
-            print(lines[-1], flush=True)
-    runs.write_atomic(os.path.join(out_dir, "generalisation.md"), "\n".join(lines) + "\n")
-
-
 def main(config):
     validate(config)
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
         out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one the file was trained with
-        config = replace(trained_config, ppo=config.ppo, tasks=config.tasks, eval_seeds=config.eval_seeds,
-                         eval_widths=config.eval_widths, eval_lengths=config.eval_lengths,
-                         generalisation=config.generalisation)
+        config = replace(trained_config, ppo=config.ppo, tasks=config.tasks, eval_seeds=config.eval_seeds)
     else:
         start = time.time()
         meta_params, _ = meta_train(config)
         print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "
               f"{os.path.join(config.out_dir, 'optimizer.msgpack')}")
         out_dir = config.out_dir
-    if config.generalisation:
-        return generalisation(config, open_optimizer(config), meta_params, out_dir)
     for task in (config.tasks or (config.ppo.env_name,)) if jax.process_index() == 0 else ():
         versus_adam(config, open_optimizer(config), meta_params, task_ppo(config, task) if config.tasks else config.ppo,
                     os.path.join(out_dir, task if config.tasks else "", "summary"))

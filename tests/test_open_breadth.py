@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 import open_es
-import ppo
 
 CONFIG = open_es.OpenConfig()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "analysis"))
+import open_generalisation  # noqa: E402
 TINY_PPO = replace(open_es.CATCH, num_envs=4, num_steps=4, total_timesteps=32, num_minibatches=1, update_epochs=1,
                    width=4, eval_episodes=8)
 
@@ -70,8 +71,8 @@ def test_generalisation_sweeps_levels_widths_and_lengths_with_the_papers_metric(
         calls.append(ppo_config)
         return {"OPEN": {"final": np.array([1.0, 2.0, 3.0, 10.0])}, "Adam": {"final": np.array([1.0, 1.0, 2.0, 4.0])}}
     monkeypatch.setattr(open_es, "versus_adam", versus_adam)
-    config = replace(CONFIG, ppo=replace(TINY_PPO, total_timesteps=64), eval_widths=(8,), eval_lengths=(0.5,))
-    open_es.generalisation(config, None, None, str(tmp_path))
+    config = replace(CONFIG, ppo=replace(TINY_PPO, total_timesteps=64))
+    open_generalisation.generalisation(config, None, None, str(tmp_path), widths=(8,), lengths=(0.5,))
     levels = ("all", "rand_dense", "rand_sparse", "rand_long", "standard_maze", "sixteen_rooms", "labyrinth")
     assert [(c.env_name, c.width, c.total_timesteps) for c in calls] == [
         (level, *setting) for level in levels for setting in ((8, 64), (TINY_PPO.width, 32))]
