@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 
 import wrappers
-from ppo import (Agent, dormancy_scores, gae, hand_designed, hyperparameters, last_episode_return, network_context,
-                 optimizer_step)
+from ppo import Agent, dormancy_scores, gae, hand_designed, hyperparameters, network_context, optimizer_step
 from ppo import make_train as ppo_make_train
 
 
@@ -85,8 +84,7 @@ def validate(config):
     if config.env_name not in discrete:
         raise ValueError(f"unknown env_name {config.env_name!r} for A2C (discrete actions); valid: "
                          f"{', '.join(discrete)}")
-    if config.torso not in ("mlp", "conv"):
-        raise ValueError(f"unknown torso {config.torso!r}; valid: mlp, conv")
+    runs.require_choice("torso", config.torso, ("mlp", "conv"))
     runs.check_wandb(config.wandb)
     runs.require_positive(config, "num_envs", "rollout_length", "total_timesteps", "width", "eval_episodes",
                           "num_seeds")
@@ -179,7 +177,7 @@ def make_agent(config, env_params=None):
         context = network_context(params, activations, network.layer_proportions, ("actor",))
         params, opt_state, reported = optimizer_step(optimizer, params, opt_state, grads, context, optimizer_key,
                                                      training_proportion)
-        metrics = {"episode_return": last_episode_return(env_state.env), "loss": value,
+        metrics = {"episode_return": wrappers.last_episode_return(env_state.env), "loss": value,
                    "dormant_fraction": jnp.mean(dormancy_scores(activations["dense"]) == 0.0)}
         return params, opt_state, env_state, obs, dict(metrics, **({"optimizer": reported} if reported else {}))
 

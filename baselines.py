@@ -87,16 +87,13 @@ LEARNED_BASELINES = ("no_features", "optim4rl")
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
     for task in config.tasks:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+        runs.require_choice("task", task, TASKS)
     if not config.tasks:
         raise ValueError(f"tasks is empty; choose from {', '.join(TASKS)}")
     runs.check_wandb(config.wandb)
-    if config.mode not in MODES:
-        raise ValueError(f"unknown mode {config.mode!r}; valid: {', '.join(MODES)}")
+    runs.require_choice("mode", config.mode, MODES)
     for name in config.optimizers:
-        if name not in ppo.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(ppo.OPTIMIZERS)}")
+        runs.require_choice("optimizer", name, ppo.OPTIMIZERS)
     runs.require_positive(config, "num_learning_rates", "tune_seeds", "eval_seeds", "bootstrap_reps")
     if config.settings_per_batch < 0:
         raise ValueError(f"settings_per_batch must be 0 (all) or positive, got {config.settings_per_batch}")
@@ -105,9 +102,7 @@ def validate(config):
     if not config.anneal:
         raise ValueError("anneal must hold False, True or both")
     if config.mode == "learned":
-        if config.learned_baseline not in LEARNED_BASELINES:
-            raise ValueError(f"unknown learned_baseline {config.learned_baseline!r}; valid: "
-                             f"{', '.join(LEARNED_BASELINES)}")
+        runs.require_choice("learned_baseline", config.learned_baseline, LEARNED_BASELINES)
         open_es.validate(replace(config.es, optimizer=config.learned_baseline), learned=True)
         return
     for path in config.learned if config.mode != "tune" else ():

@@ -364,6 +364,11 @@ def make(name: str, reward_scale=1.0, **options):
     return env, env.default_params
 
 
+def max_horizon(level):
+    """The longest episode of a level or level distribution (an evaluation's step cap)."""
+    return FIXED_LEVELS[level][2] if level in FIXED_LEVELS else DISTRIBUTIONS[level].horizon[1]
+
+
 def on_levels(train, env_name):
     """`run(key, optimizer_params)`: `train` on a level of the gridworld distribution `env_name` drawn from the key
     (jax.random.fold_in(key, 1)), the same level for the same key in meta-training and in every evaluation; on any

@@ -19,16 +19,11 @@ missing context gets neutral defaults and no noise). `learned_optimizer(path)` a
 optimizers (trained/authors/*.npy).
 
 Meta-training (Section 5.2, Table 7): evosax's OpenAI-ES, antithetic sampling, centred ranks, exponentially decaying
-sigma and learning rate (Adam on the ES mean). One generation, every population member training PPO agents over
-`num_rollouts` seeds shared by all members (common random numbers) and evaluating the final policy, is one jitted
-XLA program. Fitness is the final return of that evaluation; evosax minimises, so it is told -return.
-
-Breadth (Sections 6-7, Appendices B.5, D, H, I), one flag each: `--tasks` multi-task training (fitness: return over
-Adam's return, averaged over envs); `--task-sampling` gridworld levels drawn per antithetic pair, ranked within the
-pair; `--separated` distinct actor and critic meta-parameters; `--ablate` removes OPEN inputs or its noise;
-`--optimizer no_features` OPEN's 'No Features' baseline. `meta_train(config, learned=(optimizer_fn, meta_params))`
-trains any other learned optimizer by the same ES (baselines.py: Optim4RL, Sec. 6.1). The population axis is split
-over every device (`jax.shard_map`), across hosts with `--coordinator` (`jax.distributed`).
+sigma and learning rate (Adam on the ES mean). One generation, every member training PPO over `num_rollouts` seeds
+shared by all members and evaluating the final policy, is one jitted program; fitness is -(final return).
+Breadth (Sections 6-7, App. B.5, D, I), a flag each: `--tasks` (multi-task), `--task-sampling` (gridworld levels per
+antithetic pair), `--separated`, `--ablate`, `--optimizer no_features`; `meta_train(config, learned)` evolves any
+other learned optimizer (baselines.py). The population is split over all devices (`jax.shard_map`) and hosts.
 """
 import sys
 
@@ -73,19 +68,13 @@ class OpenConfig:
     alpha3: float = 1e-3  # noise scale (eq. 8)
     population_size: int = 16  # ES population (Table 7: 64; Ant 32); even, for antithetic sampling
     num_rollouts: int = 1  # PPO seeds per member and generation (Table 7: 1)
-    # Members trained at once (vmapped) on each device, the batches one after another (jax.lax.map); the returns are
-    # the same. 0: 16 on a CPU, where 32 or 64 at once ran on one core (half the speed, bench_open.py), else all.
-    member_batch: int = 0
-    # ES noise std. Table 7: MinAtar 0.03, Ant and gridworld 0.01 (the presets); larger for the CPU default, so that
-    # a 16-member population behaves distinctly from its first generations.
-    sigma_init: float = 0.1
+    member_batch: int = 0  # members vmapped at once per device, batches in turn (same returns); 0: 16 on a CPU, else all
+    sigma_init: float = 0.1  # ES noise std (Table 7: MinAtar 0.03, Ant, gridworld 0.01); larger for 16 CPU members
     sigma_decay: float = 0.999  # per-generation decay of sigma (Table 7)
     es_learning_rate: float = 0.05  # Adam step size on the ES mean (Table 7: MinAtar 0.03, Ant 0.01, grid 0.005)
     es_learning_rate_decay: float = 0.999  # per-generation decay of that step size (Table 7)
-    # ES_INITS: where the ES mean starts. "zeros", all-zero meta-parameters, and es_b1 = 0.99 are the authors'
-    # (train.py) and the paper presets'; the CPU default keeps flax's random initialisation and Adam's usual 0.9.
-    es_init: str = "random"
-    es_b1: float = 0.9  # beta1 of the ES's Adam
+    es_init: str = "random"  # ES_INITS: the ES mean starts at flax's init or zeros (the authors' train.py, presets)
+    es_b1: float = 0.9  # beta1 of the ES's Adam (the authors' and presets': 0.99)
     generations: int = 60  # generations of meta-training
     eval_every: int = 10  # evaluate the ES mean on held-out seeds every this many generations (Table 7: 24)
     checkpoint_every: int = 5  # save the meta-training state every this many generations
@@ -103,9 +92,8 @@ class OpenConfig:
     # Optim4RL trained by this ES (baselines.py): its fixed lr, stored with the file (Sec. 6.1: 0.1 x tuned Adam's)
     optim4rl_learning_rate: float = 0.0
     task_sampling: bool = False  # gridworld levels of `ppo.env_name` drawn per antithetic pair (App. D)
-    # Multi-host (jax.distributed, joined by `start_distributed` when run as a script): host:port of process 0
-    # ("auto": detected, e.g. SLURM), the number of processes and this one's index.
-    coordinator: str = ""
+    coordinator: str = ""  # multi-host (runs.start_distributed): host:port of process 0 ("auto": e.g. SLURM), the
+    # number of processes and this one's index
     num_processes: int = 1
     process_id: int = 0
 
@@ -124,8 +112,7 @@ PRESETS = {
     **{name: dict(MINATAR_ES, out_dir=f"runs/open_{name}",
                   ppo=ppo.preset(name, log_every=0))
        for name in ("asterix", "breakout", "freeway", "spaceinvaders")},
-    "ant": dict(AUTHORS_ES, population_size=32, sigma_init=0.01, sigma_decay=0.999, es_learning_rate=0.01,
-                es_learning_rate_decay=0.999, generations=700, eval_every=24, out_dir="runs/open_ant",
+    "ant": dict(MINATAR_ES, population_size=32, sigma_init=0.01, es_learning_rate=0.01, out_dir="runs/open_ant",
                 ppo=ppo.preset("ant", log_every=0)),
     # Sec. 6.3, App. B.5 (GRU 16, hidden 32), Table 7 (multi-task); Adam's returns: the authors' configs.py (PPO_TEMP).
     "multitask": dict(MINATAR_ES, gru_size=16, hidden_size=32, sigma_decay=0.998, es_learning_rate_decay=0.998,
@@ -161,15 +148,13 @@ def validate(config, learned=False):
         raise ValueError(f"member_batch must be 0 (automatic) or positive, got {config.member_batch}")
     if config.eval and not os.path.isfile(config.eval):
         raise ValueError(f"no learned optimizer at eval path {config.eval!r}")
-    if config.optimizer not in OPTIMIZERS and not learned:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    if config.es_init not in ES_INITS:
-        raise ValueError(f"unknown es_init {config.es_init!r}; valid: {', '.join(ES_INITS)}")
+    if not learned:
+        runs.require_choice("optimizer", config.optimizer, OPTIMIZERS)
+    runs.require_choice("es_init", config.es_init, ES_INITS)
     if not 0 <= config.es_b1 < 1:
         raise ValueError(f"es_b1 must be in [0, 1), got {config.es_b1}")
     for name in config.ablate:
-        if name not in ABLATIONS:
-            raise ValueError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
+        runs.require_choice("ablation", name, ABLATIONS)
     if config.optimizer != "open" and (config.ablate or config.separated):
         raise ValueError(f"ablate and separated apply to optimizer 'open', not {config.optimizer!r}")
     for task in config.tasks:
@@ -186,18 +171,8 @@ def validate(config, learned=False):
 
 
 def adam_references(config):
-    """Adam's final return on each task (multi-task normalisation, Sec. 6.3): `adam_returns`, else baselines.py's
-    tuning in `tuned_path`."""
-    if config.adam_returns:
-        references = np.asarray(config.adam_returns, np.float64)
-        if len(references) != len(config.tasks):
-            raise ValueError(f"adam_returns has {len(references)} values for {len(config.tasks)} tasks")
-    else:
-        references = np.array([runs.tuned_settings(config.tuned_path, task, ["adam"])["adam"]["final_return"]
-                               for task in config.tasks])
-    if not np.all(references > 0):
-        raise ValueError(f"Adam's returns must be positive to normalise by them, got {references.tolist()}")
-    return references
+    """Adam's final return on each task (multi-task normalisation, Sec. 6.3): `adam_returns`, else tuned_path's."""
+    return runs.reference_returns(config.tasks, config.adam_returns, config.tuned_path)
 
 
 # ----------------------------------------------------------------------------------------------- the optimizer
@@ -280,16 +255,11 @@ def open_optimizer(config):
     `updates, state = tx.update(grads, state, params, **context)`. All parameters are handled as one flat vector of N
     entries; the state holds six momenta m = b m + (1 - b) g (6, N) and a GRU hidden state (N, gru_size).
 
-    `params` is required (OPEN reads each parameter's value; only 'No Features' does not, Sec. 6.1). The
-    context, keyword arguments that ppo.py and a2c.py pass every update, has defaults for plain optax loops:
-        training_proportion  0.0   scalar in [0, 1]: update / (N_updates - 1), how far training has come
-        batch_proportion     0.0   scalar in [0, 1]: epoch / (L - 1), the epoch within PPO's L epochs on one batch
-        dormancy             None  tree like params: eq. 6 score of each parameter's neuron; None: 1 (not dormant)
-        layer_proportion     None  tree like params: layer / (n_layers - 1) in its network; None: 1
-        actor_mask           None  tree like params: 1 on actor parameters, which get the learned noise
-        key                  None  PRNG key of that noise; without actor_mask and key the update is deterministic
-    The noise eps of leaf i of the tree is jax.random.normal(keys[i], leaf shape) with
-    keys = jax.random.split(key, number of leaves), as in the authors' network.py.
+    `params` is required but for 'No Features' (Sec. 6.1). The context (ppo.py's docstring) has defaults for plain
+    optax loops:
+    training_proportion and batch_proportion 0; dormancy and layer_proportion 1; without actor_mask (1 on actor
+    parameters) and key no noise. The noise of leaf i is jax.random.normal(keys[i], leaf shape), keys =
+    jax.random.split(key, number of leaves), as in the authors' network.py.
     Separated (Sec. 7.2): meta_params = {"actor": ..., "critic": ...}, each parameter updated by its network's."""
     network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
     betas = jnp.asarray(MOMENTUM_BETAS)[:, None]
@@ -419,17 +389,11 @@ def normalised_score(returns, references):
     return (returns / references).mean(-1)
 
 
-def max_horizon(level):
-    """The longest episode of a gridworld level or level distribution (the evaluation's step cap)."""
-    return gridworld.FIXED_LEVELS[level][2] if level in gridworld.FIXED_LEVELS else \
-        gridworld.DISTRIBUTIONS[level].horizon[1]
-
-
 def capped(ppo_config):
     """On a gridworld distribution, the evaluation capped at its longest episode (unless eval_max_steps is set)."""
     if ppo_config.env_name not in gridworld.DISTRIBUTIONS:
         return ppo_config
-    return replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or max_horizon(ppo_config.env_name))
+    return replace(ppo_config, eval_max_steps=ppo_config.eval_max_steps or gridworld.max_horizon(ppo_config.env_name))
 
 
 def final_returns(ppo_config, optimizer_fn):
@@ -477,15 +441,8 @@ def load_authors_optimizer(path):
     """(config, meta_params) of an OPEN optimizer as its authors released it (rl_optimizer/pretrained/*.npy): one
     float32 vector, jax.flatten_util.ravel_pytree of their meta-parameter tree, input-kernel rows in INPUTS order.
     Its length gives its size (AUTHORS_SIZES); any other length, or an unreadable file, is refused."""
-    valid = " or ".join(f"{n} (GRU {g}, hidden {h})" for n, (g, h) in AUTHORS_SIZES.items())
-    try:
-        flat = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable .npy file ({error}); a released OPEN optimizer is a float32 "
-                         f"vector of {valid} values") from None
-    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size not in AUTHORS_SIZES:
-        raise ValueError(f"{path} holds {flat.dtype} values of shape {flat.shape}; a released OPEN optimizer is a "
-                         f"float32 vector of {valid} values")
+    flat = runs.read_vector(path, {n: f"GRU {g}, hidden {h}" for n, (g, h) in AUTHORS_SIZES.items()},
+                            "a released OPEN optimizer")
     gru_size, hidden_size = AUTHORS_SIZES[flat.size]
     config = replace(OpenConfig(), gru_size=gru_size, hidden_size=hidden_size)
     ours = init_meta_params(config, jax.random.PRNGKey(0))["params"]

@@ -23,9 +23,8 @@ Meta-training (Sec. 2.2, 5.1, App. C): n training units (agent parameters, envs,
 meta-step makes M inner updates per unit (a2c.py, or ppo.py for Brax, each on a fresh rollout), takes the agent's loss
 on the next rollout as the outer loss, averages its meta-gradient over units (through the parameter updates and the
 GRU states) and, in multi-task training (Sec. 6.2), over tasks, and applies Adam with global-norm clipping. With
-pipeline training, unit i is re-initialised when t mod m == r_i. Memory: the per-parameter GRU/MLP activations of
-every inner update dominate (the authors' big_dense_long needs 66 GB); `remat` recomputes them chunk by chunk in
-backprop and `unit_chunk` backpropagates through a few units at a time, so 512 units fit in about 10 GiB.
+pipeline training, unit i is re-initialised when t mod m == r_i. Memory (the authors' big_dense_long needs 66 GB):
+`remat` and `unit_chunk` backpropagate chunk by chunk, so 512 units fit in about 10 GiB.
 """
 import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 import os
@@ -67,14 +66,12 @@ class Optim4RLConfig:
     inner_updates: int = 4  # M inner updates per outer update (Sec. 2.2, App. C)
     pipeline: bool = True  # pipeline training (Sec. 5.1); off: units start together and are never reset
     reset_interval: int = 32  # m (Sec. 5.1); Catch: 32 or 64 (App. C.3)
-    num_meta_steps: int = 78  # outer updates; Catch: 5e5 env steps / (64 units x 20 steps x (M + 1)) = 78, as the
-    # authors' MetaA2C ran (BaseAgent.py); more shrinks the learned steps at this meta-lr (docs/RESULTS.md)
+    num_meta_steps: int = 78  # outer updates; Catch: 5e5 env steps / (64 units x 20 steps x (M + 1)), as authors
     meta_lr: float = 1e-2  # Adam meta-lr: the top of meta_rl_catch.json's sweep {1e-4, ..., 1e-2}, best in 78 steps
     meta_grad_clip: float = 0.5  # clip of the meta-gradient: global norm 0.5 or element-wise 1.0 (meta_rl_*.json)
     meta_grad_clip_mode: str = "global_norm"  # "global_norm" or "elementwise" (the authors' grad_norm / grad_clip)
-    # Rematerialise the optimizer network in backprop, `remat_chunk` parameters at a time; off: keep its activations.
-    # Catch on a 2-core CPU (bench_optim4rl.py): off 1.27 s a meta-step and 3.90 GiB peak; on, its 14,084 parameters
-    # in one chunk 1.00-1.10 s and 2.1 GiB, in chunks of 4,096 1.16 s and 1.7-1.8 GiB. The big presets keep 4,096.
+    # Rematerialise the optimizer network in backprop, `remat_chunk` parameters at a time; off: keep its activations
+    # (Catch: 1.0-1.1 s a meta-step and 2.1 GiB with, 1.27 s and 3.9 GiB without; bench/bench_optim4rl.py).
     remat: bool = True
     remat_chunk: int = 16_384
     unit_chunk: int = 0  # backprop through this many units at a time, one chunk after another (0: all at once)
@@ -86,22 +83,19 @@ class Optim4RLConfig:
     eval_seeds: int = 10  # N seeds per optimizer (Sec. 6: 10 runs, 90% confidence intervals)
     eval_timesteps: int = 500_000  # env steps of each evaluation run (the authors' Catch runs: 5e5)
     wandb: bool = False  # log the progress records (run_dir/metrics.jsonl) to Weights & Biases too (`wandb` extra)
-    eval_baseline_lrs: tuple[float, ...] = ()  # Adam and RMSprop at each of these lrs (a2c_grid.json's sweep); ():
-    # at the evaluation's agent lr alone (a2c_catch.json)
+    eval_baseline_lrs: tuple[float, ...] = ()  # Adam, RMSprop at each of these lrs (a2c_grid.json); (): the agent lr
 
 
-# Gridworld meta-training at paper scale (App. C.3-C.4; meta_rl_{sdl,bdl,grid}.json): n = 512 units of one env each;
-# m from {72, 144, 288, 576}; evaluated over a2c.py's 3e7-step, 512-env gridworld runs (lopt_rl_*.json), Adam and
-# RMSprop at each lr of a2c_grid.json.
+# Gridworld meta-training at paper scale (App. C.3-C.4; meta_rl_{sdl,bdl,grid}.json): 512 units of one env each; m
+# from {72, ..., 576}; evaluated over a2c.py's 3e7-step, 512-env runs (lopt_rl_*.json), baselines at a2c_grid's lrs.
 GRIDWORLD = dict(num_units=512, envs_per_unit=1, reset_interval=144, num_meta_steps=2000, checkpoint_every=25,
                  remat_chunk=4096, unit_chunk=64, eval_timesteps=30_000_000, meta_lr=3e-3,
                  eval_baseline_lrs=(3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4))
 # meta_rl_grid.json: the agent lr of each of the six gridworlds.
 SIX_GRIDWORLD_LRS = {"small_dense_long": 1e-3, "small_dense_short": 3e-3, "big_sparse_short": 3e-3,
                      "big_dense_short": 3e-3, "big_sparse_long": 1e-3, "big_dense_long": 3e-3}
-# PPO on Brax (App. C.3, meta_rl_{ant,humanoid}.json: ppo.py's *_optim4rl_meta presets, 8 minibatches, value net
-# [64] * 5): 2048 envs in all, as 16 vmapped units of 128 envs; m from {32, ..., 512}; evaluated with the *_optim4rl
-# presets over 1e8-step runs (lopt_rl_grid_{ant,humanoid}.json "train_steps").
+# PPO on Brax (App. C.3, meta_rl_{ant,humanoid}.json: ppo.py's *_optim4rl_meta presets): 2048 envs as 16 units of 128;
+# m from {32, ..., 512}; evaluated with the *_optim4rl presets over 1e8 steps (lopt_rl_grid_*.json "train_steps").
 HUMANOID = "humanoid@brax-0.9.4"  # Humanoid as brax 0.9.4 had it, which the authors pinned (wrappers.py)
 BRAX = dict(algorithm="ppo", agent_lr=3e-4, num_units=16, envs_per_unit=128, reset_interval=128, num_meta_steps=1000,
             checkpoint_every=10, remat_chunk=4096, unit_chunk=4, eval_timesteps=100_000_000, meta_lr=3e-3)
@@ -193,13 +187,9 @@ def eval_agent_config(config):
 
 def validate(config):
     """Refuse bad settings with a message naming the value and the valid choices, before anything compiles."""
-    if config.architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {config.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
-    if config.algorithm not in AGENTS:
-        raise ValueError(f"unknown algorithm {config.algorithm!r}; valid: {', '.join(AGENTS)}")
-    if config.meta_grad_clip_mode not in META_GRAD_CLIP_MODES:
-        raise ValueError(f"unknown meta_grad_clip_mode {config.meta_grad_clip_mode!r}; valid: "
-                         f"{', '.join(META_GRAD_CLIP_MODES)}")
+    runs.require_choice("architecture", config.architecture, ARCHITECTURES)
+    runs.require_choice("algorithm", config.algorithm, AGENTS)
+    runs.require_choice("meta_grad_clip_mode", config.meta_grad_clip_mode, META_GRAD_CLIP_MODES)
     if config.task_lrs and len(config.task_lrs) != len(config.tasks):
         raise ValueError(f"task_lrs {config.task_lrs} must give one lr per task of {config.tasks}")
     if min(config.task_lrs + config.eval_baseline_lrs, default=1.0) <= 0:

@@ -23,13 +23,8 @@ defined as in the authors' rl_optimizer/train.py):
 (A single update or epoch gives proportion 0, where the authors' code divides by zero.) Hand-designed optax
 optimizers ignore the context and act element-wise, so one call on both networks equals one per network.
 
-`time_limit` chooses how a time limit (truncation) is handled: "bootstrap" (default) adds gamma V(final observation)
-to the reward there; "terminal", the OPEN authors' PureJaxRL PPO and the MinAtar presets, ends the return there;
-"exclude", Brax's PPO and the Brax presets of Optim4RL, leaves the truncated step out (advantage 0, target V(s)).
-`minibatch_gae` (the same presets) makes minibatches of whole `unroll_length`-step unrolls and recomputes their GAE
-in the loss with the current critic, as Brax's PPO does; otherwise advantages are computed once per rollout.
-`normalize_per_rollout` (the same presets) keeps the observation statistics fixed during a rollout and merges its
-observations after it, as Brax's PPO does; otherwise each observation is merged as it arrives (OPEN's wrapper).
+The papers' PPO variants are PPOConfig fields set by the presets, each chosen once: `time_limit` (OPEN's MinAtar
+"terminal", Brax's "exclude"), `minibatch_gae` (BATCHINGS), `policy_head` (wrappers.HEADS), `normalize_per_rollout`.
 `train` reports both this repo's evaluation of the final policy ("final_return") and the authors' metric
 ("training_return": the mean over envs of each env's last completed training episode return, 0 for an env without
 one, at the end of training; rl_optimizer/train.py and eval.py).
@@ -38,7 +33,6 @@ import runs  # first: its XLA and OpenBLAS settings must come before jax starts
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
-import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,13 +67,11 @@ class PPOConfig:
     policy_head: str = "gaussian"  # continuous actions: OPEN's "gaussian" or Brax's "tanh_gaussian" (TanhGaussian)
     normalize_obs: bool = False  # observations by running statistics (wrappers.NormalizedEnvs; both papers' Brax)
     normalize_reward: bool = False  # rewards / running std of the discounted return (NormalizedEnvs; OPEN's Brax)
-    normalize_per_rollout: bool = False  # Brax's PPO: observation statistics fixed during a rollout and merged after
-    # it, before learning from it; False: each observation merged as it arrives (OPEN's NormalizeObservation)
+    normalize_per_rollout: bool = False  # Brax's PPO: obs statistics merged after each rollout (else: as they arrive)
     grad_clip_mode: str = "global_norm"  # "global_norm" per network (OPEN) or "elementwise" (Optim4RL)
     clip_value_loss: bool = True  # PureJaxRL's and OPEN's clipped value loss; Brax's PPO does not clip it
     unroll_length: int = 0  # 0: GAE over the whole rollout; n: Brax's PPO's advantages over n-step unrolls (gae)
-    minibatch_gae: bool = False  # Brax's PPO: minibatches of whole unrolls, GAE recomputed in each with the current
-    # critic (brax losses.py compute_ppo_loss); False: advantages and targets computed once per rollout
+    minibatch_gae: bool = False  # Brax's PPO: minibatches of whole unrolls, GAE recomputed in the loss (BATCHINGS)
     reward_scale: float = 1.0  # rewards are multiplied by this for learning (returns are reported unscaled)
     optimizer: str = "adam"  # a hand-designed optimizer (OPTIMIZERS), used when running this file
     learning_rate: float = 2.5e-4  # its learning rate
@@ -89,8 +81,8 @@ class PPOConfig:
     anneal_lr: bool = True  # anneal the learning rate linearly to 0 over training
     eval_episodes: int = 16  # episodes of the final-policy evaluation ("final return")
     eval_max_steps: Optional[int] = None  # step cap of that evaluation (None: the env's time limit)
-    time_limit: str = "bootstrap"  # CHOICES: bootstrap through a truncation, treat it as terminal (OPEN), or leave
-    # the truncated step out of the loss (Brax's PPO, so Optim4RL's: "exclude")
+    time_limit: str = "bootstrap"  # at a truncation: add gamma V(final obs), end the return ("terminal", OPEN's), or
+    # leave the step out (advantage 0, target V(s): "exclude", Brax's PPO, so Optim4RL's)
     brax_backend: str = "spring"  # Brax physics backend: OPEN's positional, Optim4RL's spring (agents/PPO.py)
     episode_length: int = 1000  # Brax time limit (a truncation)
     num_seeds: int = 4  # seeds trained in parallel (vmapped)
@@ -104,13 +96,10 @@ class PPOConfig:
 # rl_optimizer/configs.py. MinAtar runs PPO as their train.py does: a time limit is terminal.
 MINATAR = dict(num_envs=64, num_steps=128, total_timesteps=10_000_000, num_minibatches=8, update_epochs=4,
                ent_coef=0.01, width=64, activation="relu", b1=0.9, anneal_lr=True, time_limit="terminal")
-# Optim4RL's Brax PPO is Brax's own (agents/PPO.py, brax 0.9.4): tanh-squashed policy (32,)*4 and value net (256,)*5
-# (make_ppo_networks' defaults), swish, lecun_uniform; spring backend; observations normalised; unclipped value loss;
-# Adam 3e-4 after an element-wise clip of 1 (configs/ppo_*.json "grad_clip"; lopt_rl_grid_*.json the same PPO);
-# evaluated over 128 episodes (its acting.Evaluator).
-# Each update is batch_size x num_minibatches / num_envs unrolls of `rollout_steps` per env: num_steps below; its
-# minibatches are of whole unrolls, whose GAE is recomputed with the current critic, and a truncated step is left out
-# (losses.py compute_ppo_loss); the observation statistics are merged once a rollout, after it (train.py).
+# Optim4RL's Brax PPO is Brax's own (agents/PPO.py, brax 0.9.4): tanh-squashed policy (32,)*4 and value net (256,)*5,
+# swish, lecun_uniform; spring backend; unclipped value loss; Adam 3e-4 after an element-wise clip of 1 (configs/
+# ppo_*.json "grad_clip"); 128 evaluation episodes. An update is batch_size x num_minibatches / num_envs unrolls per
+# env (num_steps below), minibatches of whole unrolls (losses.py), statistics merged after each rollout (train.py).
 BRAX_PPO = dict(brax_backend="spring", policy_head="tanh_gaussian", width=32, depth=4, critic_width=256,
                 critic_depth=5, activation="swish", kernel_init="lecun_uniform", normalize_obs=True,
                 normalize_per_rollout=True, gamma=0.97, gae_lambda=0.95, clip_eps=0.3, clip_value_loss=False,
@@ -160,8 +149,7 @@ def validate(config):
         raise ValueError(f"unknown env_name {config.env_name!r}; valid: {', '.join(wrappers.ENV_NAMES)}, "
                          f"{wrappers.DEEP_SEA}N or {wrappers.DEEP_SEA}N{wrappers.OLD_GYMNAX} (N >= 2)")
     for field, valid in CHOICES.items():
-        if getattr(config, field) not in valid:
-            raise ValueError(f"unknown {field} {getattr(config, field)!r}; valid: {', '.join(valid)}")
+        runs.require_choice(field, getattr(config, field), valid)
     runs.check_wandb(config.wandb)
     runs.require_positive(config, "num_envs", "num_steps", "total_timesteps", "num_minibatches", "update_epochs",
                           "width", "eval_episodes", "num_seeds", "episode_length")
@@ -218,56 +206,13 @@ class MLP(nn.Module):
                 **({"log_std": 1.0} if self.log_std else {})}
 
 
-class TanhGaussian(distrax.MultivariateNormalDiag):
-    """Brax's tanh-squashed Gaussian (brax/training/distribution.py NormalTanhDistribution, so Optim4RL's): samples
-    and log-probs are of the pre-tanh action u; the env gets tanh(u). log_prob(u) = log N(u; loc, scale) - sum_i
-    log(1 - tanh(u_i)^2), the density of tanh(u), with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) (distrax.Tanh;
-    finite where tanh saturates). entropy_estimate(noise) is Brax's one-sample estimate of the squashed entropy,
-    H[N(loc, scale)] + sum_i log(1 - tanh(u_i)^2) at u = loc + scale * noise, noise ~ N(0, I)."""
-
-    def log_prob(self, value):
-        return super().log_prob(value) - distrax.Tanh().forward_log_det_jacobian(value).sum(-1)
-
-    def entropy_estimate(self, noise):
-        return self.entropy() + distrax.Tanh().forward_log_det_jacobian(self.loc + self.scale_diag * noise).sum(-1)
-
-
-class Head(NamedTuple):
-    """A policy head: how the actor's output becomes the policy, the env's action and the entropy bonus."""
-    policy: Callable  # actor output -> distrax distribution
-    env_action: Callable  # (sample, low, high) -> the env's action
-    outputs: int  # actor outputs per action dimension (categorical: one per action)
-    log_std: bool  # a state-independent log std parameter after the actor's output (MLP's log_std)
-    noise: bool  # the entropy is Brax's one-sample estimate, whose noise the rollout draws (TanhGaussian)
-
-
-def gaussian(actor_out):
-    """OPEN's Actor (rl_optimizer/train.py): actor_out = [loc, s], s the state-independent log_std; std exp(s)."""
-    loc, s = jnp.split(actor_out, 2, axis=-1)
-    return distrax.MultivariateNormalDiag(loc, jnp.exp(s))
-
-
-def tanh_gaussian(actor_out):
-    """Brax's PPO (so Optim4RL's): actor_out = [loc, s] from the network; TanhGaussian of std softplus(s) + 0.001."""
-    loc, s = jnp.split(actor_out, 2, axis=-1)
-    return TanhGaussian(loc, jax.nn.softplus(s) + 1e-3)
-
-
-# "categorical" for discrete actions (logits); for continuous ones PPOConfig.policy_head: "gaussian", the sample
-# clipped to the action space (OPEN's ClipAction, rl_optimizer/utils.py), or "tanh_gaussian", the env getting tanh(u).
-HEADS = {"categorical": Head(lambda out: distrax.Categorical(logits=out), lambda a, low, high: a, 1, False, False),
-         "gaussian": Head(gaussian, lambda a, low, high: jnp.clip(a, low, high), 1, True, False),
-         "tanh_gaussian": Head(tanh_gaussian, lambda a, low, high: jnp.tanh(a), 2, False, True)}
-
-
 # ----------------------------------------------------------------------------------------------- optimizers
 def hand_designed(name, anneal_steps=None):
     """optax's adam / rmsprop / lion / sgd as `optimizer_fn(hyperparameters)`, the hyperparameters traced, so a sweep
     over them is one vmapped program. Hyperparameters: dict with learning_rate, b1, b2, decay (unused ones ignored).
     With `anneal_steps`, the learning rate decays linearly to 0 over that many updates; an optional traced
     hyperparameter `anneal` (1: anneal, 0: constant) lets one sweep cover both."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    runs.require_choice("optimizer", name, OPTIMIZERS)
 
     def optimizer_fn(hp):
         lr = hp["learning_rate"]
@@ -348,13 +293,6 @@ def gae(rewards, values, dones, last_value, gamma, lam, unroll_length=0, truncat
     return brax_advantages if unroll_length else advantages, advantages + values
 
 
-def last_episode_return(log_state):
-    """Mean over envs of each env's most recent completed episode return (NaN until one has completed)."""
-    valid = log_state.returned_episode_valid
-    return jnp.where(valid.any(), (log_state.returned_episode_returns * valid).sum() / jnp.maximum(valid.sum(), 1),
-                     jnp.nan)
-
-
 class Agent(NamedTuple):
     """An agent's pieces (PPO's here, A2C's in a2c.py), each a pure function of its arguments (env, networks and config
     bound in), for `make_train` and for meta-gradients through updates (optim4rl_metagrad.py)."""
@@ -371,9 +309,8 @@ class Agent(NamedTuple):
 
 
 def optimizer_step(optimizer, params, opt_state, grads, context, key, training_proportion, batch_proportion=0.0):
-    """Where every agent meets its optimizer: one call on the whole agent with the context a learned optimizer reads
-    (module docstring), then the update applied. An optimizer whose state is a dict with a "metrics" entry gets it
-    reported. Returns (params, opt_state, reported metrics)."""
+    """Where every agent meets its optimizer: one call on the whole agent with the context (module docstring). Returns
+    (params, opt_state, the optimizer state's "metrics" entry if it has one)."""
     updates, opt_state = optimizer.update(grads, opt_state, params, training_proportion=training_proportion,
                                           batch_proportion=batch_proportion, key=key, **context)
     reported = opt_state["metrics"] if isinstance(opt_state, dict) and "metrics" in opt_state else {}
@@ -432,7 +369,7 @@ BATCHINGS = {False: steps_batch, True: unrolls_batch}  # PPOConfig.minibatch_gae
 def make_networks(config, action_space):
     """({"actor": MLP, "critic": MLP}, the policy head (HEADS), the action bounds) for the env's action space."""
     continuous = isinstance(action_space, spaces.Box)
-    head = HEADS[config.policy_head if continuous else "categorical"]
+    head = wrappers.HEADS[config.policy_head if continuous else "categorical"]
     bounds = (action_space.low, action_space.high) if continuous else (None, None)
     out = action_space.shape[0] * head.outputs if continuous else action_space.n
     actor = MLP(config.width, config.depth, out, config.activation, 0.01, config.kernel_init, head.log_std)
@@ -577,7 +514,7 @@ def make_update(config, networks, rollout, loss, unit):
         (params, opt_state), stats = jax.lax.scan(
             epoch, (params, opt_state),
             (jnp.arange(config.update_epochs), jax.random.split(epoch_key, config.update_epochs)))
-        metrics = {"episode_return": last_episode_return(env_state.env), "loss": stats["loss"].mean(),
+        metrics = {"episode_return": wrappers.last_episode_return(env_state.env), "loss": stats["loss"].mean(),
                    "dormant_fraction": stats["dormant_fraction"][-1, -1]}
         if stats["optimizer"]:
             metrics["optimizer"] = jax.tree.map(lambda x: x.mean((0, 1)), stats["optimizer"])

@@ -119,6 +119,12 @@ def load_checkpoint(path):
     return None
 
 
+def require_choice(what, value, valid):
+    """Refuse `value` of `what` unless it is one of `valid`, naming it and the valid choices."""
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
 def require_positive(config, *fields):
     """Refuse any of `fields` of `config` that is not positive, naming it and its value (before anything compiles)."""
     for field in fields:
@@ -141,6 +147,21 @@ def read_input(path, expected, keys):
         found = f"keys {', '.join(map(str, payload))}" if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not {expected}: it holds a msgpack with {found}; expected {', '.join(keys)}")
     return payload
+
+
+def read_vector(path, sizes, what):
+    """The float32 vector in .npy file `path`, refused (naming `what` and the valid {size: description}) if unreadable
+    or of another dtype, shape or size."""
+    valid = " or ".join(f"{n} ({description})" for n, description in sizes.items())
+    try:
+        flat = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable .npy file ({error}); {what} is a float32 vector of {valid} "
+                         f"values") from None
+    if flat.dtype != np.float32 or flat.ndim != 1 or flat.size not in sizes:
+        raise ValueError(f"{path} holds {flat.dtype} values of shape {flat.shape}; {what} is a float32 vector of "
+                         f"{valid} values")
+    return flat
 
 
 def refuse_other(path, what, stored, current):
@@ -222,6 +243,20 @@ def train_and_report(algorithm, config, train, optimizer_params):
         record(config.run_dir, {"seed": int(seed), "final_return": float(value)}, config.wandb)
     print(f"  mean final return {final.mean():.2f} +- {final.std():.2f} (std over seeds)")
     return out
+
+
+def reference_returns(tasks, given, tuned_path):
+    """Adam's final return on each task, to normalise by: `given` (one per task), else the tuned settings' return
+    in `tuned_path` (baselines.py); refused unless all are positive."""
+    if given:
+        references = np.asarray(given, np.float64)
+        if len(references) != len(tasks):
+            raise ValueError(f"adam_returns has {len(references)} values for {len(tasks)} tasks")
+    else:
+        references = np.array([tuned_settings(tuned_path, task, ["adam"])["adam"]["final_return"] for task in tasks])
+    if not np.all(references > 0):
+        raise ValueError(f"Adam's returns must be positive to normalise by them, got {references.tolist()}")
+    return references
 
 
 def held_out_keys(num_seeds, first=10_000):

@@ -1,6 +1,7 @@
 """Everything between an environment and an agent: `make_env` builds every env the agents (ppo.py, a2c.py) train on,
 behind gymnax's API, and the wrappers stacked on it: Brax's episode handling (`BraxEnv`), OPEN's observation and
-reward normalisation (`NormalizedEnvs`), the episode-return logger (gymnax's LogWrapper).
+reward normalisation (`NormalizedEnvs`), the episode-return logger (gymnax's LogWrapper), and the policy heads
+(`HEADS`): how an actor's output becomes a distribution and the env's action, for each kind of action space.
 
     env, env_params = make_env("Breakout-MinAtar")            # a gymnax id, a gridworld.LEVELS name, a Brax env
     env, env_params = make_env("DeepSea-bsuite-12")           # bsuite's Deep Sea at any size N >= 2
@@ -21,8 +22,9 @@ which the paper presets use (the differences below were found by stepping both v
 - inverted_double_pendulum@brax-0.9.4: the tip is pole 2's origin + (0, 0, 0.6) in world axes, without pole 2's
   rotation (in effect only pole 1 is balanced), and the alive bonus is paid on the terminal step too.
 """
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import distrax
 import gymnax
 import jax
 import jax.numpy as jnp
@@ -207,6 +209,56 @@ class NormalizedEnvs:
         if not self.per_rollout:
             return state
         return state._replace(obs_stats=state.obs_stats.update(observations.reshape(-1, observations.shape[-1])))
+
+
+def last_episode_return(log_state):
+    """Mean over envs of each env's most recent completed episode return (NaN until one has completed)."""
+    valid = log_state.returned_episode_valid
+    return jnp.where(valid.any(), (log_state.returned_episode_returns * valid).sum() / jnp.maximum(valid.sum(), 1),
+                     jnp.nan)
+
+
+# ----------------------------------------------------------------------------------------------- policy heads
+class TanhGaussian(distrax.MultivariateNormalDiag):
+    """Brax's tanh-squashed Gaussian (brax/training/distribution.py NormalTanhDistribution, so Optim4RL's): samples
+    and log-probs are of the pre-tanh action u; the env gets tanh(u). log_prob(u) = log N(u; loc, scale) - sum_i
+    log(1 - tanh(u_i)^2), the density of tanh(u), with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) (distrax.Tanh;
+    finite where tanh saturates). entropy_estimate(noise) is Brax's one-sample estimate of the squashed entropy,
+    H[N(loc, scale)] + sum_i log(1 - tanh(u_i)^2) at u = loc + scale * noise, noise ~ N(0, I)."""
+
+    def log_prob(self, value):
+        return super().log_prob(value) - distrax.Tanh().forward_log_det_jacobian(value).sum(-1)
+
+    def entropy_estimate(self, noise):
+        return self.entropy() + distrax.Tanh().forward_log_det_jacobian(self.loc + self.scale_diag * noise).sum(-1)
+
+
+class Head(NamedTuple):
+    """A policy head: how the actor's output becomes the policy, the env's action and the entropy bonus."""
+    policy: Callable  # actor output -> distrax distribution
+    env_action: Callable  # (sample, low, high) -> the env's action
+    outputs: int  # actor outputs per action dimension (categorical: one per action)
+    log_std: bool  # a state-independent log std parameter after the actor's output (MLP's log_std)
+    noise: bool  # the entropy is Brax's one-sample estimate, whose noise the rollout draws (TanhGaussian)
+
+
+def gaussian(actor_out):
+    """OPEN's Actor (rl_optimizer/train.py): actor_out = [loc, s], s the state-independent log_std; std exp(s)."""
+    loc, s = jnp.split(actor_out, 2, axis=-1)
+    return distrax.MultivariateNormalDiag(loc, jnp.exp(s))
+
+
+def tanh_gaussian(actor_out):
+    """Brax's PPO (so Optim4RL's): actor_out = [loc, s] from the network; TanhGaussian of std softplus(s) + 0.001."""
+    loc, s = jnp.split(actor_out, 2, axis=-1)
+    return TanhGaussian(loc, jax.nn.softplus(s) + 1e-3)
+
+
+# "categorical" for discrete actions (logits); for continuous ones PPOConfig.policy_head: "gaussian", the sample
+# clipped to the action space (OPEN's ClipAction, rl_optimizer/utils.py), or "tanh_gaussian", the env getting tanh(u).
+HEADS = {"categorical": Head(lambda out: distrax.Categorical(logits=out), lambda a, low, high: a, 1, False, False),
+         "gaussian": Head(gaussian, lambda a, low, high: jnp.clip(a, low, high), 1, True, False),
+         "tanh_gaussian": Head(tanh_gaussian, lambda a, low, high: jnp.tanh(a), 2, False, True)}
 
 
 def make_env(name, brax_backend="spring", episode_length=1000):

@@ -35,7 +35,7 @@ def generalisation(config, optimizer_fn, meta_params, out_dir, widths=WIDTHS, le
              "|---|---|---|---|---|"]
     for level in LEVELS:
         for setting, ppo_config in settings:
-            ppo_config = replace(ppo_config, env_name=level, eval_max_steps=open_es.max_horizon(level))
+            ppo_config = replace(ppo_config, env_name=level, eval_max_steps=gridworld.max_horizon(level))
             out_path = os.path.join(out_dir, "generalisation", f"{level}_{setting.replace(' ', '_')}")
             learned, adam = (r["final"] for r in open_es.versus_adam(config, optimizer_fn, meta_params, ppo_config,
                                                                      out_path).values())

@@ -14,7 +14,7 @@ from gymnax.wrappers import LogWrapper
 import optim4rl_metagrad as om
 import ppo
 from wrappers import NormalizedEnvs, RunningStats
-from ppo import HEADS
+from wrappers import HEADS
 
 
 # ----------------------------------------------------------------------------------------------- presets
