@@ -68,7 +68,7 @@ class OpenConfig:
     alpha3: float = 1e-3  # noise scale (eq. 8)
     population_size: int = 16  # ES population (Table 7: 64; Ant 32); even, for antithetic sampling
     num_rollouts: int = 1  # PPO seeds per member and generation (Table 7: 1)
-    member_batch: int = 0  # members vmapped at once per device, batches in turn (same returns); 0: 16 on a CPU, else all
+    member_batch: int = 0  # members vmapped at once per device, in turn (same returns); 0: 16 on a CPU, else all
     sigma_init: float = 0.1  # ES noise std (Table 7: MinAtar 0.03, Ant, gridworld 0.01); larger for 16 CPU members
     sigma_decay: float = 0.999  # per-generation decay of sigma (Table 7)
     es_learning_rate: float = 0.05  # Adam step size on the ES mean (Table 7: MinAtar 0.03, Ant 0.01, grid 0.005)
