@@ -73,6 +73,8 @@ def numbers(path):
             for k, v in node.items():
                 if k not in TIMINGS:
                     walk(v, f"{key}/{k}")
+        elif isinstance(node, str) and node.startswith("{"):  # a config stored as JSON text: field by field
+            walk(json.loads(node), key)
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
                 walk(v, f"{key}[{i}]")
@@ -102,6 +104,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("other", nargs="?", help="the other checkout (a directory with the same scripts)")
     parser.add_argument("--recorded", action="store_true", help="use the other checkout's recorded outputs")
+    parser.add_argument("--compare-only", action="store_true", help="compare both checkouts' recorded outputs")
     parser.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS), metavar="RUN",
                         help=f"some of the runs: {', '.join(RUNS)}")
     args = parser.parse_args()
@@ -111,8 +114,9 @@ def main():
     other = os.path.abspath(args.other)
     if not os.path.isfile(os.path.join(other, "ppo.py")):
         raise SystemExit(f"{other} is not a checkout of this repo (no ppo.py)")
-    mine = run_all(HERE, args.only)
-    theirs = {name: (float("nan"), 0) for name in args.only} if args.recorded else run_all(other, args.only)
+    recorded = {name: (float("nan"), 0) for name in args.only}
+    mine = recorded if args.compare_only else run_all(HERE, args.only)
+    theirs = recorded if args.recorded or args.compare_only else run_all(other, args.only)
     print("\n| run | files | identical | this checkout (s) | other (s) |\n|---|---|---|---|---|")
     failed = False
     for name in args.only:
