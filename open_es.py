@@ -536,6 +536,8 @@ def meta_train(config, learned=None):
 
     if start == 0:
         evaluate_mean(0)
+    pace = runs.Pace(config.generations, config.population_size * config.num_rollouts * (len(config.tasks) or 1)
+                     * config.ppo.total_timesteps)  # env steps of a generation's training runs
     for g in range(start, config.generations):
         tic = time.time()
         state, metrics = jax.block_until_ready(
@@ -545,8 +547,8 @@ def meta_train(config, learned=None):
         for k in ("mean_return", "best_return", "non_finite", "sigma"):
             history[k].append(line[k])
         print(f"generation {g + 1}/{config.generations}  mean {line['mean_return']:.3f}  "
-              f"best {line['best_return']:.3f}  sigma {line['sigma']:.4f}  "
-              f"non-finite {line['non_finite']}  {line['seconds']:.1f} s", flush=True)
+              f"best {line['best_return']:.3f}  sigma {line['sigma']:.4f}  non-finite {line['non_finite']}  "
+              f"{line['seconds']:.1f} s, {pace(g + 1, line['seconds'])}", flush=True)
         log(line)
         if (g + 1) % config.eval_every == 0 or g + 1 == config.generations:
             evaluate_mean(g + 1)
@@ -589,10 +591,14 @@ def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
     """The learned optimizer and Adam (ppo_config's) on `eval_seeds` held-out seeds of ppo_config's env (runs.compare:
     one program; <out_path>.md, .json, .png); a gridworld distribution gives each seed its own level."""
     ppo_config = capped(ppo_config)
+    updates = ppo_config.total_timesteps // ppo.steps_per_update(ppo_config)
+    if updates >= 100:  # a long evaluation (a paper budget) shows its progress every 5% of its updates
+        ppo_config = replace(ppo_config, log_every=updates // 20, run_dir=os.path.dirname(out_path) or ".")
     adam = ppo.hand_designed("adam", ppo.optimizer_steps(ppo_config) if ppo_config.anneal_lr else None)
     optimizers = {LABELS.get(config.optimizer, config.optimizer): (optimizer_fn, meta_params),
                   "Adam": (adam, ppo.hyperparameters(ppo_config))}
-    return runs.compare({name: (ppo.make_run(ppo_config, fn), params) for name, (fn, params) in optimizers.items()},
+    return runs.compare({name: (ppo.make_run(ppo_config, fn, name), params)
+                         for name, (fn, params) in optimizers.items()},
                         runs.held_out_keys(config.eval_seeds), ppo.steps_per_update(ppo_config), out_path,
                         f"{' vs '.join(optimizers)} on {ppo_config.env_name}: PPO, "
                         f"{ppo_config.total_timesteps:,} steps (time limit: {ppo_config.time_limit})")

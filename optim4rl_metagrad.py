@@ -538,6 +538,9 @@ def meta_train(config):
     state = training.init_state(jax.random.PRNGKey(config.seed)) if state is None else state
     if int(state.step):
         print(f"resuming {path} at meta-step {int(state.step)}")
+    agent_cfg = unit_agent_config(config)
+    pace = runs.Pace(config.num_meta_steps, len(task_names(config)) * config.num_units * (config.inner_updates + 1)
+                     * AGENTS[config.algorithm].steps_per_update(agent_cfg))
     while int(state.step) < config.num_meta_steps:
         start = time.time()
         length = min(config.checkpoint_every, config.num_meta_steps - int(state.step))
@@ -550,8 +553,8 @@ def meta_train(config):
                 "seconds": round(time.time() - start, 2)}
         returns = "  ".join(f"{name} {r:.2f}" for name, r in line["train_return"].items())
         print(f"meta-step {line['meta_step']}/{config.num_meta_steps}  outer loss {line['outer_loss']:.4f}  "
-              f"train return {returns}  meta-grad norm {line['meta_grad_norm']:.3g}  "
-              f"skipped {line['skipped']}  ({line['seconds']:.1f} s)", flush=True)
+              f"train return {returns}  meta-grad norm {line['meta_grad_norm']:.3g}  skipped {line['skipped']}  "
+              f"{line['seconds']:.1f} s, {pace(line['meta_step'], line['seconds'] / length)}", flush=True)
         runs.record(config.run_dir, line, config.wandb)
     return state
 

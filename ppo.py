@@ -522,16 +522,18 @@ def make_update(config, networks, rollout, loss, unit):
     return update
 
 
-def make_train(config, optimizer_fn, agent_fn=None):
+def make_train(config, optimizer_fn, agent_fn=None, label=""):
     """`train(rng, optimizer_params, env_params=None)` -> {"metrics": per-update means, "final_return" (evaluation of
     the final policy), "training_return" (the OPEN authors' metric, see the module docstring), "params"}: the training
     loop of every agent, `agent_fn(config, env_params)` (PPO's make_agent by default; a2c.py passes A2C's). An
     optimizer whose state is a dict with a "metrics" entry (a pytree of arrays it sets in every update) gets their
-    per-update means (over epochs and minibatches) reported as metrics["optimizer"]."""
+    per-update means (over epochs and minibatches) reported as metrics["optimizer"]. Every `log_every` updates a
+    progress line for all its vmapped seeds (runs.SeedProgress), named `label`."""
     agent_fn = agent_fn or make_agent
     probe = agent_fn(config)  # validates the config and builds the env before anything is traced
     num_updates = config.total_timesteps // probe.steps_per_update
     eval_max_steps = config.eval_max_steps or int(probe.env_params.max_steps_in_episode)
+    progress = runs.SeedProgress(num_updates, probe.steps_per_update, config.run_dir, config.wandb, label)
 
     def train(rng, optimizer_params, env_params=None):
         agent = agent_fn(config, env_params)
@@ -547,7 +549,7 @@ def make_train(config, optimizer_fn, agent_fn=None):
             params, opt_state, env_state, obs, metrics = agent.update(params, opt_state, env_state, obs, key,
                                                                       optimizer, proportion(update_index, num_updates))
             if config.log_every:
-                runs.log_progress(seed_tag, update_index, num_updates, metrics, config)
+                runs.log_progress(progress, seed_tag, update_index, num_updates, config.log_every, metrics)
             return (params, opt_state, env_state, obs, rng), metrics
 
         (params, _, env_state, _, rng), metrics = jax.lax.scan(update, (params, opt_state, env_state, obs, rng),
@@ -562,9 +564,10 @@ def make_train(config, optimizer_fn, agent_fn=None):
 
 
 # ----------------------------------------------------------------------------------------------- comparisons
-def make_run(config, optimizer_fn):
-    """`run(key, optimizer_params)` -> make_train's output; on a gridworld distribution each key draws its level."""
-    return gridworld.on_levels(make_train(config, optimizer_fn), config.env_name)
+def make_run(config, optimizer_fn, label=""):
+    """`run(key, optimizer_params)` -> make_train's output; on a gridworld distribution each key draws its level.
+    `label` names the run in its progress lines."""
+    return gridworld.on_levels(make_train(config, optimizer_fn, label=label), config.env_name)
 
 
 def main(config):

@@ -213,18 +213,75 @@ def evaluate(env, env_params, act, rng, num_episodes, max_steps):
     return total.mean()
 
 
-def log_progress(seed, update_index, num_updates, metrics, config):
-    """Print a progress line from inside the jitted run every `config.log_every` updates, and record it. The update
-    index is the same for all vmapped seeds, so the condition stays a real branch and skipped updates cost nothing."""
-    def show(seed, update_index, metrics):
+def clock(seconds):
+    """Seconds as h:mm:ss."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Pace:
+    """The speed and time left of a loop of `total` steps (updates, generations, meta-steps) of `env_steps` env steps
+    each: `pace(done, seconds)`, after `done` steps, the last one `seconds` long, -> 'N env steps/s, h:mm:ss left'.
+    The time left is from the median step since the first (which includes compiling)."""
+    def __init__(self, total, env_steps):
+        self.total, self.env_steps, self.seconds = total, env_steps, []
+
+    def __call__(self, done, seconds):
+        self.seconds.append(seconds)
+        typical = float(np.median(self.seconds[1:] or self.seconds))
+        return f"{self.env_steps / max(seconds, 1e-9):,.0f} env steps/s, {clock((self.total - done) * typical)} left"
+
+
+class SeedProgress:
+    """Progress lines of a training run from inside its jitted program (jax.debug.callback, which a vmap over seeds
+    calls once per seed, one after another): each seed's values go to metrics.jsonl; one line per log interval shows
+    their mean and range over the seeds, env steps/s and the time left. `flush_progress()` prints the last one."""
+    open = []  # the instances with lines not yet printed
+
+    def __init__(self, num_updates, steps_per_update, run_dir, use_wandb, label=""):
+        self.num_updates, self.steps_per_update, self.run_dir, self.use_wandb = (num_updates, steps_per_update,
+                                                                                  run_dir, use_wandb)
+        self.label = f"{label}: " if label else ""
+        self.lines, self.last, self.pace = [], None, None
+
+    def __call__(self, seed, update_index, metrics):
         line = {"seed": int(seed), "update": int(update_index) + 1, "return": float(metrics["episode_return"]),
                 "loss": float(metrics["loss"]), "dormant": float(metrics["dormant_fraction"])}
-        print(f"seed {line['seed']}  update {line['update']}/{num_updates}  return {line['return']:.2f}  "
-              f"loss {line['loss']:.4f}  dormant {line['dormant']:.2f}", flush=True)
-        record(config.run_dir, line, config.wandb)
+        if self.lines and self.lines[0]["update"] != line["update"]:
+            self.flush()
+        record(self.run_dir, line, self.use_wandb)
+        self.lines.append(line)
+        if self not in SeedProgress.open:
+            SeedProgress.open.append(self)
 
-    jax.lax.cond((update_index % config.log_every == 0) | (update_index == num_updates - 1),
-                 lambda: jax.debug.callback(show, seed, update_index, metrics), lambda: None)
+    def flush(self):
+        if not self.lines:
+            return
+        update, now, seeds = self.lines[0]["update"], time.time(), len(self.lines)
+        if self.last is None or update <= self.last[0]:  # the first line of a run: no speed yet
+            self.pace, speed = Pace(self.num_updates, self.steps_per_update * seeds), "starting"
+        else:
+            speed = self.pace(update, (now - self.last[1]) / (update - self.last[0]))
+        mean, low, high = (f([line["return"] for line in self.lines]) for f in (np.mean, np.min, np.max))
+        print(f"{self.label}update {update}/{self.num_updates}  return {mean:.2f} [{low:.2f}, {high:.2f}] over "
+              f"{seeds} seeds  loss {np.mean([line['loss'] for line in self.lines]):.4f}  dormant "
+              f"{np.mean([line['dormant'] for line in self.lines]):.2f}  {speed}", flush=True)
+        self.lines, self.last = [], (update, now)
+
+
+def flush_progress():
+    """Print the progress lines still held (SeedProgress): call once a program has finished."""
+    for progress in SeedProgress.open:
+        progress.flush()
+    SeedProgress.open = []
+
+
+def log_progress(progress, seed, update_index, num_updates, log_every, metrics):
+    """From inside a jitted run: hand each `log_every`-th update's metrics (and the last's) to `progress`
+    (SeedProgress). The update index is the same for all vmapped seeds, so the condition stays a real branch and
+    skipped updates cost nothing."""
+    jax.lax.cond((update_index % log_every == 0) | (update_index == num_updates - 1),
+                 lambda: jax.debug.callback(progress, seed, update_index, metrics), lambda: None)
 
 
 def train_and_report(algorithm, config, train, optimizer_params):
@@ -234,6 +291,7 @@ def train_and_report(algorithm, config, train, optimizer_params):
     start = time.time()
     out = jax.block_until_ready(jax.jit(jax.vmap(train, in_axes=(0, None)))(jax.vmap(jax.random.PRNGKey)(seeds),
                                                                             optimizer_params))
+    flush_progress()
     final = np.asarray(out["final_return"])
     print(f"\n{algorithm} on {config.env_name} with {config.optimizer} (lr {config.learning_rate}), "
           f"{config.total_timesteps:,} steps x {config.num_seeds} seeds in {time.time() - start:.0f} s "
@@ -308,6 +366,7 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
     program = jax.jit(lambda params: {name: runs[name](keys, params[name]) for name in runs})
     start = time.time()
     out = jax.device_get(program({name: params for name, (_, params) in candidates.items()}))
+    flush_progress()
     results = {name: {"final": np.asarray(out[name]["final_return"], np.float64),  # in the candidates' order
                       "training": np.asarray(out[name]["training_return"], np.float64),
                       "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}

@@ -20,7 +20,7 @@ def records(run_dir):
         return [json.loads(line) for line in file]
 
 
-def test_ppo_run_records_each_logged_update_and_final_return_also_to_wandb_offline(tmp_path, monkeypatch):
+def test_ppo_run_records_each_logged_update_and_final_return_also_to_wandb_offline(tmp_path, monkeypatch, capsys):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -38,6 +38,21 @@ def test_ppo_run_records_each_logged_update_and_final_return_also_to_wandb_offli
     finals = {line["seed"]: line["final_return"] for line in lines if "final_return" in line}
     np.testing.assert_allclose([finals[0], finals[1]], np.asarray(out["final_return"]), rtol=1e-6)
     assert glob.glob(os.path.join(config.run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    # printed: one line per logged update for both seeds, their mean and range; speed and time left after the first
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("update ")]
+    assert [line.split()[1] for line in printed] == ["1/3", "2/3", "3/3"]
+    for update, line in enumerate(printed, 1):
+        returns = [r["return"] for r in lines if r.get("update") == update]
+        assert f"return {np.mean(returns):.2f} [{min(returns):.2f}, {max(returns):.2f}] over 2 seeds" in line
+    assert printed[0].endswith("starting") and all(line.endswith(" left") for line in printed[1:])
+
+
+def test_pace_gives_speed_and_the_time_left_from_the_median_step_after_the_first():
+    pace = runs.Pace(10, 1000)  # 10 steps of 1000 env steps
+    assert pace(1, 30.0) == "33 env steps/s, 0:04:30 left"  # only the first (compiling) step: 9 x 30 s
+    pace(2, 2.0)
+    assert pace(3, 4.0) == "250 env steps/s, 0:00:21 left"  # 7 x median(2 s, 4 s)
+    assert runs.clock(3725) == "1:02:05"
 
 
 @pytest.mark.parametrize("validate, config", [(ppo.validate, ppo.PPOConfig()), (open_es.validate, open_es.OpenConfig()),
