@@ -1,12 +1,8 @@
 """Optim4RL (Lan et al., 2023): a learned optimizer for RL, meta-trained with meta-gradients and pipeline training.
 
     python optim4rl_metagrad.py                       # meta-train on Catch (meta_rl_catch.json), then evaluate
-    python optim4rl_metagrad.py --preset no_pipeline  # the pipeline-training ablation (Table 1)
-    python optim4rl_metagrad.py --architecture l2lgd2 # the Sec. 6.1 ablations: linear_optim, l2lgd2
-    python optim4rl_metagrad.py --preset big_dense_long        # App. C.3 at paper scale (512 units): for GPUs
-    python optim4rl_metagrad.py --preset six_gridworlds        # Sec. 6.2: the six gridworlds at once: for GPUs
-    python optim4rl_metagrad.py --preset ant                   # PPO meta-training on Brax (App. C.3): for GPUs
-    python optim4rl_metagrad.py --eval runs/optim4rl_catch --eval-env small_dense_short
+    python optim4rl_metagrad.py --preset no_pipeline  # Table 1's ablation; --architecture l2lgd2: Sec. 6.1's
+    python optim4rl_metagrad.py --preset six_gridworlds        # Sec. 6.2 (also big_dense_long, ant): for GPUs
     python optim4rl_metagrad.py --eval runs/optim4rl_six_gridworlds --eval-env ant   # transfer to Brax with PPO
 
 The optimizer (Algorithm 1, App. A) works coordinate-wise: every agent parameter has its own hidden states of two
@@ -14,10 +10,8 @@ GRUs; GRU1 reads the gradient g and a read-out maps its state to o1, GRU2 reads 
 m = sign(g) exp(o1), v = exp(o2) and the update is -lr m / sqrt(v + eps) (eq. 2). The input gradient is stop-gradient.
 As in the authors' code (components/optim.py, RLC 2024 version) each read-out is one Dense layer with flax's default
 init; App. A's MLPs [16, 16] and the 2023 code's inputs [sign g, log|g|] are `--preset processed_inputs`.
-`make_optimizer_fn(config)(optimizer_params)`, with `optimizer_params = {"meta": meta_params, "learning_rate": lr}`,
-is an ordinary `optax.GradientTransformationExtraArgs` (context keyword arguments are ignored), so
-`a2c.make_train(config, optimizer_fn)`, `ppo.make_train(config, optimizer_fn)` or any optax user trains with it;
-`learned_optimizer(path)` gives both for a checkpoint.
+`make_optimizer_fn(config)({"meta": meta_params, "learning_rate": lr})` is an ordinary optax transformation (context
+keyword arguments ignored) for a2c.py, ppo.py or any optax loop; `learned_optimizer(path)` loads a checkpoint's.
 
 Meta-training (Sec. 2.2, 5.1, App. C): n training units (agent parameters, envs, optimizer state) are vmapped; each
 meta-step makes M inner updates per unit (a2c.py, or ppo.py for Brax, each on a fresh rollout), takes the agent's loss
@@ -122,16 +116,15 @@ PRESETS = {
 AGENT_PRESETS = {"Catch-bsuite": ("catch", "catch"), **{name: (name, name) for name in gridworld.OPTIM4RL_LEVELS},
                  "ant": ("ant_optim4rl_meta", "ant_optim4rl"),
                  HUMANOID: ("humanoid_optim4rl_meta", "humanoid_optim4rl"),
-                 **{ppo.PRESETS[name]["env_name"]: (name, name)
-                    for name in ("asterix", "breakout", "freeway", "spaceinvaders")}}
+                 **{ppo.PRESETS[n]["env_name"]: (n, n) for n in ("asterix", "breakout", "freeway", "spaceinvaders")}}
 META_GRAD_CLIP_MODES = ("global_norm", "elementwise")
 AGENTS = {"a2c": a2c, "ppo": ppo}  # Optim4RLConfig.algorithm: the module of the units' agent
 ARCHITECTURES = {"optim4rl": (1, 1), "linear_optim": (3,), "l2lgd2": (1,)}  # outputs of the read-out of each GRU
 ARCHITECTURE_FIELDS = ("architecture", "gru_size", "mlp_sizes", "gradient_processing", "zero_readout")
-EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")
-# free to change when resuming; a checkpoint's eval_baseline_lrs is kept by --eval
+EVAL_FIELDS = ("eval", "eval_env", "eval_seeds", "eval_timesteps")  # a checkpoint's eval_baseline_lrs kept by --eval
+# Free to change when resuming: the run's length, outputs and evaluation, and (MEMORY_FIELDS) memory and speed
 RUN_FIELDS = ("num_meta_steps", "checkpoint_every", "run_dir", "eval_baseline_lrs", "wandb") + EVAL_FIELDS
-MEMORY_FIELDS = ("remat", "remat_chunk", "unit_chunk")  # memory and speed, not results: free to change on resuming
+MEMORY_FIELDS = ("remat", "remat_chunk", "unit_chunk")
 EPS = 1e-8  # eps of eq. 2 (Algorithm 1)
 LOG_EPS = 1e-18  # inside log|g| (the authors' code)
 L2L_P = 10.0  # p of L2LGD^2's gradient preprocessing (Andrychowicz et al. 2016, App. A)
@@ -482,7 +475,7 @@ def save_checkpoint(path, config, state):
         jax.tree.map(np.asarray, state))})
 
 
-def checkpoint_path(path):
+def checkpoint_path(path):  # a checkpoint, or the run dir holding one
     return os.path.join(path, "checkpoint.msgpack") if os.path.isdir(path) else path
 
 
@@ -519,9 +512,8 @@ def load_state(path, config):
 
 
 def learned_optimizer(path, learning_rate=None):
-    """(optimizer_fn, optimizer_params) of the learned optimizer in checkpoint `path` (or its run dir), ready for
-    `ppo.make_train(config, optimizer_fn)` or `a2c.make_train`: `train(rng, optimizer_params)`. The learning rate of
-    eq. 2 defaults to the checkpoint's agent_lr."""
+    """(optimizer_fn, optimizer_params) of the learned optimizer in checkpoint `path` (or its run dir), for ppo.py's
+    or a2c.py's make_train; the lr of eq. 2 defaults to the checkpoint's agent_lr."""
     config, _ = read_checkpoint(path)
     meta_params = load_state(path, config).meta_params
     lr = config.agent_lr if learning_rate is None else learning_rate
@@ -561,10 +553,9 @@ def meta_train(config):
 
 # ----------------------------------------------------------------------------------------------- evaluation
 def evaluate(config, meta_params, out_dir):
-    """Train fresh agents on the evaluation env (A2C; PPO on Brax, Sec. 6.2) with the learned optimizer, the untrained
-    one, Adam and RMSprop, `eval_seeds` seeds each (runs.compare, with the paper's 90% t-intervals, Sec. 6): the
-    learned ones at the agent lr (eval_agent_config), the hand-designed ones at it too or at each of
-    eval_baseline_lrs. Writes eval_<env>.md, .json and .png in out_dir."""
+    """Fresh agents on the evaluation env (A2C; PPO on Brax, Sec. 6.2) with the learned and the untrained optimizer at
+    the agent lr, Adam and RMSprop at it or each eval_baseline_lrs, `eval_seeds` seeds each (runs.compare with the
+    paper's 90% t-intervals, Sec. 6): eval_<env>.md, .json and .png in out_dir."""
     validate(config)
     agent_cfg = eval_agent_config(config)
     algorithm = eval_algorithm(config)

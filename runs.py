@@ -12,6 +12,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files, neve
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # LAPACK (the orthogonal init's QR) on one thread: with XLA's
 # threads on the same cores, OpenBLAS's own threads turned a 400 x 64 QR from 0.5 ms into 0.3-1 s.
 import argparse
+import dataclasses
 import importlib.util
 import io
 import json
@@ -28,17 +29,19 @@ from flax import serialization
 
 
 def start_distributed(argv):
-    """Multi-host: join jax.distributed before anything starts the XLA backend (importing gymnax does), so a script
-    reads its config's --coordinator, --num-processes and --process-id here, ahead of its other imports."""
+    """Multi-host: join jax.distributed before anything starts the XLA backend (importing gymnax does): a script hands
+    its arguments here ahead of its other imports. --coordinator HOST:PORT of process 0 ("auto": detected, e.g. SLURM),
+    --num-processes, --process-id (this one's). Returns the other arguments."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--coordinator", default="")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
-    args = parser.parse_known_args(argv)[0]
+    args, rest = parser.parse_known_args(argv)
     if args.coordinator:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs use NCCL
         jax.distributed.initialize(*(() if args.coordinator == "auto" else
                                      (args.coordinator, args.num_processes, args.process_id)))
+    return rest
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -73,8 +76,9 @@ def parse_config(config_class, presets, argv=None):
 
 def config_from_dict(config_class, saved, **nested):
     """The config a file saved as JSON (dataclasses.asdict): lists back to tuples, the `nested` fields' dicts back to
-    their classes (field=class); fields newer than the file keep their defaults."""
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    their classes (field=class); fields newer than the file keep their defaults, fields since removed are ignored."""
+    known = {field.name for field in dataclasses.fields(config_class)}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
     return config_class(**{**saved, **{name: cls(**saved[name]) for name, cls in nested.items()}})
 
 
@@ -317,6 +321,19 @@ def reference_returns(tasks, given, tuned_path):
     return references
 
 
+def plot_fitness(history, path, title):
+    """An ES run's history: the population's mean and best return per generation, the mean's held-out returns."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    generations = np.arange(1, len(history["mean_return"]) + 1)
+    ax.plot(generations, history["mean_return"], label="population mean")
+    ax.plot(generations, history["best_return"], label="population best", alpha=0.6)
+    ax.plot(history["eval_generation"], history["eval_return"], "o-", label="ES mean, held-out seeds")
+    ax.set(xlabel="generation", ylabel="final return", title=title)
+    ax.legend()
+    save_figure(fig, path)
+
+
 def held_out_keys(num_seeds, first=10_000):
     """Evaluation seeds, apart from the seeds of meta-training and tuning."""
     return jax.vmap(jax.random.PRNGKey)(jnp.arange(first, first + num_seeds))
@@ -357,7 +374,8 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
         <out_path>.md    IQM and mean final return with 95% stratified bootstrap CIs; with `t_level` (the Optim4RL
                          paper's 0.9) also the mean's Student-t interval
         <out_path>.png   return curves: IQM over seeds with 95% bootstrap CIs (rliable's sample-efficiency plot)
-    Returns {name: {"final": (seeds,), "training": (seeds,), "curve": (seeds, updates)}}."""
+    Returns {name: {"final": (seeds,), "training": (seeds,), "curve": (seeds, updates), "iqm" and "mean": (point,
+    low, high)}}."""
     import matplotlib.pyplot as plt
     from rliable import library as rly
     from rliable import plot_utils
@@ -372,6 +390,8 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
                       "curve": np.asarray(out[name]["metrics"]["episode_return"], np.float64)} for name in candidates}
     seconds = time.time() - start
     estimates = interval_estimates({n: r["final"][:, None] for n, r in results.items()}, reps)
+    for name, r in results.items():
+        r["iqm"], r["mean"] = estimates[name]
     lines = [f"# {title}", "", f"{len(keys)} held-out seeds per optimizer, trained in one program in {seconds:.0f} s "
              f"(compile included). Final return: evaluation of the final policy; 95% stratified bootstrap CIs "
              f"(rliable, {reps} resamples)" + (f"; t: mean +- the {t_level:.0%} Student-t interval" if t_level else "")
@@ -409,3 +429,12 @@ def compare(candidates, keys, steps_per_update, out_path, title, reps=2000, t_le
         save_figure(fig, f"{out_path}.png")
     print("\n" + table + f"({out_path}.md, .json, .png)", flush=True)
     return results
+
+
+def verdict(results, name, reference):
+    """In words: `name` ahead of, level with or behind `reference`, by whether the 95% CIs of their IQM final returns
+    (compare's results) are apart."""
+    (a, a_low, a_high), (b, b_low, b_high) = results[name]["iqm"], results[reference]["iqm"]
+    word = "ahead of" if a_low > b_high else "behind" if a_high < b_low else "level with"
+    return (f"{name} is {word} {reference}: IQM final return {a:.3f} [{a_low:.3f}, {a_high:.3f}] vs {b:.3f} "
+            f"[{b_low:.3f}, {b_high:.3f}] (95% CIs, {'apart' if word != 'level with' else 'overlapping'})")

@@ -203,3 +203,14 @@ def test_learned_optimizer_loads_shipped_and_baseline_files_for_ppo(tmp_path):
     assert np.isfinite(float(out["final_return"]))
     with pytest.raises(ValueError, match="holds Optim4RL trained by ES, not an OPEN optimizer"):
         open_es.load_optimizer(files[-1])
+
+
+def test_the_main_jobs_adam_is_the_shipped_tuning_of_its_task():
+    """open_es.py's default compares OPEN with Adam as baselines.py's sweep tuned it on that very task and budget."""
+    with open(os.path.join(ROOT, "trained", "tuned.json")) as f:
+        shipped = json.load(f)[open_es.CATCH.env_name]
+    adam = shipped["optimizers"]["adam"]
+    assert (open_es.CATCH.learning_rate, open_es.CATCH.b1, open_es.CATCH.b2, open_es.CATCH.anneal_lr) == \
+        (adam["learning_rate"], adam["b1"], adam["b2"], bool(adam["anneal"]))
+    task = {k: v for k, v in asdict(open_es.CATCH).items() if k not in ("learning_rate", "b1", "b2", "anneal_lr")}
+    assert {k: shipped["ppo"].get(k) for k in task} == json.loads(json.dumps(task))  # tuned at the same PPO settings
