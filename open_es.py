@@ -13,9 +13,8 @@ Dense 16 + LayerNorm + ReLU twice to three outputs (m, e, delta). The update is
     u_hat = a1 * m * exp(a2 * e)               (eq. 7)
     u_hat += a3 * delta * eps, eps ~ N(0, 1)   (eq. 8, actor only)
     u = u_hat - mean(u_hat);  p <- p - u       (eq. 9, one mean over actor and critic together)
-It is an optax transformation: `open_optimizer(config)(meta_params)` trains any `ppo.py` agent (and any other model:
-missing context gets neutral defaults and no noise). `learned_optimizer(path)` also loads the authors' seven released
-optimizers (trained/authors/*.npy).
+An optax transformation, `open_optimizer(config)(meta_params)`, for ppo.py or any optax loop; `learned_optimizer(path)`
+also loads the authors' seven released optimizers (trained/authors/*.npy).
 
 Meta-training (Section 5.2, Table 7): evosax's OpenAI-ES, antithetic sampling, centred ranks, exponentially decaying
 sigma and learning rate (Adam on the ES mean). One generation, every member training PPO over `num_rollouts` seeds
@@ -104,8 +103,7 @@ MINATAR_ES = dict(AUTHORS_ES, population_size=64, sigma_init=0.03, sigma_decay=0
                   es_learning_rate_decay=0.999, generations=700, eval_every=24)
 PRESETS = {
     "default": {},
-    **{name: dict(MINATAR_ES, out_dir=f"runs/open_{name}",
-                  ppo=ppo.preset(name, log_every=0))
+    **{name: dict(MINATAR_ES, out_dir=f"runs/open_{name}", ppo=ppo.preset(name, log_every=0))
        for name in ("asterix", "breakout", "freeway", "spaceinvaders")},
     "ant": dict(MINATAR_ES, population_size=32, sigma_init=0.01, es_learning_rate=0.01, out_dir="runs/open_ant",
                 ppo=ppo.preset("ant", log_every=0)),
@@ -120,8 +118,7 @@ PRESETS = {
     # Sec. 7.2 at CPU scale (sizes 4, 6, 8; the paper: 4-26) with Deep Sea as gymnax 0.0.6 had it (action 1 is
     # right in every cell): separated actor and critic meta-parameters; add --ablate stochasticity for the control.
     "deepsea": dict(separated=True, tasks=tuple(f"DeepSea-bsuite-{n}@gymnax-0.0.6" for n in (4, 6, 8)),
-                    adam_returns=(1.0, 1.0, 1.0), generations=20, eval_every=5, eval_seeds=8,
-                    out_dir="runs/open_deepsea",
+                    adam_returns=(1.0,) * 3, generations=20, eval_every=5, eval_seeds=8, out_dir="runs/open_deepsea",
                     ppo=replace(CATCH, env_name="DeepSea-bsuite-8@gymnax-0.0.6", total_timesteps=32_768,
                                 learning_rate=3e-3, b1=0.9, b2=0.999, anneal_lr=False, eval_max_steps=30,
                                 eval_episodes=64)),
@@ -136,9 +133,9 @@ def validate(config, learned=False):
     another learned optimizer, named by config.optimizer."""
     ppo.validate(config.ppo)
     runs.check_wandb(config.wandb)
-    if config.population_size < 2 or config.population_size % 2:
-        raise ValueError(f"population_size must be even and at least 2 for antithetic sampling, "
-                         f"got {config.population_size}")
+    if config.population_size < 2 or config.population_size % 2 or config.population_size % jax.device_count():
+        raise ValueError(f"population_size must be even and at least 2 for antithetic sampling, and split over "
+                         f"{jax.device_count()} devices, got {config.population_size}")
     runs.require_positive(config, "gru_size", "hidden_size", "num_rollouts", "generations", "eval_every",
                           "checkpoint_every", "eval_seeds")
     if config.member_batch < 0:
@@ -162,9 +159,6 @@ def validate(config, learned=False):
         if config.task_sampling and task not in gridworld.DISTRIBUTIONS:
             raise ValueError(f"task_sampling needs a gridworld distribution, got {task!r}; valid: "
                              f"{', '.join(gridworld.DISTRIBUTIONS)}")
-    if config.population_size % jax.device_count():
-        raise ValueError(f"population_size {config.population_size} does not split over {jax.device_count()} "
-                         f"devices")
 
 
 def adam_references(config):
@@ -248,16 +242,12 @@ def update_from_outputs(outputs, noise, config):
 
 
 def open_optimizer(config):
-    """`optimizer_fn(meta_params)` -> the OPEN optax transformation (Algorithm 1), used like any optax optimizer:
-    `updates, state = tx.update(grads, state, params, **context)`. All parameters are handled as one flat vector of N
-    entries; the state holds six momenta m = b m + (1 - b) g (6, N) and a GRU hidden state (N, gru_size).
-
-    `params` is required but for 'No Features' (Sec. 6.1). The context (ppo.py's docstring) has defaults for plain
-    optax loops:
-    training_proportion and batch_proportion 0; dormancy and layer_proportion 1; without actor_mask (1 on actor
-    parameters) and key no noise. The noise of leaf i is jax.random.normal(keys[i], leaf shape), keys =
-    jax.random.split(key, number of leaves), as in the authors' network.py.
-    Separated (Sec. 7.2): meta_params = {"actor": ..., "critic": ...}, each parameter updated by its network's."""
+    """`optimizer_fn(meta_params)` -> the OPEN optax transformation (Algorithm 1): `tx.update(grads, state, params,
+    **context)`, `params` required but for 'No Features'. All parameters as one flat vector of N entries; the state
+    holds six momenta m = b m + (1 - b) g (6, N) and a GRU hidden state (N, gru_size). The context (ppo.py's
+    docstring) defaults to proportions 0, dormancy and layer_proportion 1, and no noise without actor_mask and key;
+    the noise of leaf i is jax.random.normal(keys[i], its shape), keys = jax.random.split(key, number of leaves) (the
+    authors' network.py). Separated (Sec. 7.2): meta_params = {"actor": ..., "critic": ...}, each network's own."""
     network = OpenNetwork(config.gru_size, config.hidden_size, num_outputs(config))
     betas = jnp.asarray(MOMENTUM_BETAS)[:, None]
     columns = np.asarray(input_columns(config))
@@ -450,6 +440,13 @@ def load_authors_optimizer(path):
                                **{name: theirs["params"]["params"][k] for k, name in AUTHORS_LAYERS.items()}}}
 
 
+def check_inputs(path, payload):
+    """Refuse a file that does not hold the authors' input order (INPUTS), as this repo's files before it did not."""
+    if json.loads(payload.get("inputs", "[]")) != list(INPUTS):
+        raise ValueError(f"{path} was written before this repo followed the authors' input order; meta-train anew "
+                         f"(in a new out_dir)")
+
+
 LEARNED_FILE = "a learned optimizer (open_es.py's optimizer.msgpack, or a .npy of the OPEN authors)"
 
 
@@ -463,8 +460,7 @@ def load_optimizer(path):
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"{path} holds {LABELS.get(config.optimizer, config.optimizer)} trained by ES, not an OPEN "
                          f"optimizer: baselines.py evaluates it (--learned {path})")
-    if json.loads(payload.get("inputs", "[]")) != list(INPUTS):
-        raise ValueError(f"{path} was written before this repo followed the authors' input order; meta-train anew")
+    check_inputs(path, payload)
     template = init_meta_params(config, jax.random.PRNGKey(0))
     return config, serialization.from_state_dict(template, payload["meta_params"])
 
@@ -506,19 +502,14 @@ def meta_train(config, learned=None):
     if saved is not None:
         stored = {**architecture(OpenConfig()), **json.loads(saved["config"])}
         runs.refuse_other(checkpoint_path, "another optimizer or population", stored, architecture(config))
-        if learned is None and json.loads(saved.get("inputs", "[]")) != list(INPUTS):
-            raise ValueError(f"{checkpoint_path} was written with this repo's earlier input order; it cannot be "
-                             f"resumed: choose a new out_dir")
+        if learned is None:
+            check_inputs(checkpoint_path, saved)
         state = serialization.from_state_dict(state, saved["es_state"])
         history = {k: list(np.asarray(v).tolist()) for k, v in saved["history"].items()}
         best = {"return": float(saved["best"]["return"]), "generation": int(saved["best"]["generation"]),
                 "meta_params": serialization.from_state_dict(meta_params, saved["best"]["meta_params"])}
         start = int(saved["generation"])
         print(f"resumed from {checkpoint_path} at generation {start}")
-
-    def log(line):  # the printed line's fields, in out_dir/metrics.jsonl (process 0)
-        if jax.process_index() == 0:
-            runs.record(config.out_dir, line, config.wandb)
 
     def evaluate_mean(g):
         value = float(held_out(unravel(state.mean)))
@@ -528,8 +519,8 @@ def meta_train(config, learned=None):
             best.update({"return": value, "generation": g, "meta_params": unravel(state.mean)})
         print(f"  held-out return of the ES mean after {g} generations: {value:.3f} (best {best['return']:.3f} "
               f"at generation {best['generation']})", flush=True)
-        log({"generation": g, "held_out_return": value, "best_held_out_return": best["return"],
-             "best_generation": best["generation"]})
+        runs.record(config.out_dir, {"generation": g, "held_out_return": value, "best_held_out_return": best["return"],
+                                     "best_generation": best["generation"]}, config.wandb)
 
     if start == 0:
         evaluate_mean(0)
@@ -546,7 +537,7 @@ def meta_train(config, learned=None):
         print(f"generation {g + 1}/{config.generations}  mean {line['mean_return']:.3f}  "
               f"best {line['best_return']:.3f}  sigma {line['sigma']:.4f}  non-finite {line['non_finite']}  "
               f"{line['seconds']:.1f} s, {pace(g + 1, line['seconds'])}", flush=True)
-        log(line)
+        runs.record(config.out_dir, line, config.wandb)
         if (g + 1) % config.eval_every == 0 or g + 1 == config.generations:
             evaluate_mean(g + 1)
         if (g + 1) % config.checkpoint_every == 0 or g + 1 == config.generations:
@@ -594,16 +585,15 @@ def versus_adam(config, optimizer_fn, meta_params, ppo_config, out_path):
 
 def main(config):
     validate(config)
+    out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one an --eval file was trained with
     if config.eval:
         trained_config, meta_params = load_optimizer(config.eval)
-        out_dir = config.out_dir  # this run's (--out-dir or the preset's), not the one the file was trained with
         config = replace(trained_config, ppo=config.ppo, tasks=config.tasks, eval_seeds=config.eval_seeds)
     else:
         start = time.time()
         meta_params, _ = meta_train(config)
         print(f"meta-training took {time.time() - start:.0f} s; learned optimizer: "
               f"{os.path.join(config.out_dir, 'optimizer.msgpack')}")
-        out_dir = config.out_dir
     for task in (config.tasks or (config.ppo.env_name,)) if jax.process_index() == 0 else ():
         versus_adam(config, open_optimizer(config), meta_params, task_ppo(config, task) if config.tasks else config.ppo,
                     os.path.join(out_dir, task if config.tasks else "", "summary"))

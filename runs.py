@@ -48,7 +48,9 @@ def start_distributed(argv):
 def record(run_dir, line, use_wandb=False):
     """Every run's machine-readable log: append `line` (the fields of a printed progress line) as one JSON object to
     `<run_dir>/metrics.jsonl`; with `use_wandb`, log it to Weights & Biases too (a run in `run_dir`, started by the
-    first record; WANDB_MODE=offline needs no account)."""
+    first record; WANDB_MODE=offline needs no account). Of several processes (jax.distributed), process 0 alone."""
+    if jax.process_index() != 0:
+        return
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as file:
         file.write(json.dumps(line) + "\n")
