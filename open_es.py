@@ -426,8 +426,7 @@ AUTHORS_LAYERS = {"layers_0": "Dense_0", "layers_1": "LayerNorm_0", "layers_3": 
 
 def load_authors_optimizer(path):
     """(config, meta_params) of an OPEN optimizer as its authors released it (rl_optimizer/pretrained/*.npy): one
-    float32 vector, jax.flatten_util.ravel_pytree of their meta-parameter tree, input-kernel rows in INPUTS order.
-    Its length gives its size (AUTHORS_SIZES); any other length, or an unreadable file, is refused."""
+    float32 vector, ravel_pytree of their meta-parameter tree (input-kernel rows in INPUTS order); length gives size."""
     flat = runs.read_vector(path, {n: f"GRU {g}, hidden {h}" for n, (g, h) in AUTHORS_SIZES.items()},
                             "a released OPEN optimizer")
     gru_size, hidden_size = AUTHORS_SIZES[flat.size]
@@ -466,9 +465,8 @@ def load_optimizer(path):
 
 
 def learned_optimizer(path):
-    """(optimizer_fn, optimizer_params) of an OPEN optimizer file (`meta_train`'s, with any ablation, No Features, or
-    the authors' released .npy files), ready for `ppo.make_train(ppo_config, optimizer_fn)` and
-    `train(rng, optimizer_params)`."""
+    """(optimizer_fn, optimizer_params) of an OPEN optimizer file (`meta_train`'s, any ablation, No Features, or the
+    authors' .npy), for `ppo.make_train(ppo_config, optimizer_fn)` and `train(rng, optimizer_params)`."""
     config, meta_params = load_optimizer(path)
     return open_optimizer(config), meta_params
 
@@ -494,8 +492,7 @@ def meta_train(config, learned=None):
     generation = make_generation(es, make_member_returns(config, optimizer_fn), paired=config.task_sampling)
     keys = runs.held_out_keys(config.eval_seeds)
     held_out = jax.jit(lambda params: make_scores(config, optimizer_fn)(params, keys).mean())
-    history = {"mean_return": [], "best_return": [], "non_finite": [], "sigma": [], "eval_generation": [],
-               "eval_return": []}
+    history = {k: [] for k in ("mean_return", "best_return", "non_finite", "sigma", "eval_generation", "eval_return")}
     best = {"return": -np.inf, "generation": 0, "meta_params": meta_params}
     start = 0
     saved = runs.load_checkpoint(checkpoint_path)
