@@ -46,11 +46,11 @@ def test_gae_matches_python_loop_with_episode_ends():
 # A short run's outcome depends on the CPU's floating-point code (one seed of PPO ends at 1.0 on one instruction set
 # and 0.5 on another), so these check the mean of 4 seeds with a wide margin: optimum 1.0, a random policy about -0.6.
 # Seen with XLA_FLAGS=--xla_cpu_max_isa= SSE4_2, AVX, AVX2 and the default (AVX-512): PPO 0.88-0.99, A2C 0.97.
-def test_ppo_with_adam_learns_catch():
+def test_ppo_with_adam_learns_catch(optimized):
     assert float(run(ppo, CATCH_PPO, [0, 1, 2, 3])["final_return"].mean()) > 0.6
 
 
-def test_a2c_with_adam_learns_catch():
+def test_a2c_with_adam_learns_catch(optimized):
     assert float(run(a2c, CATCH_A2C, [0, 1, 2, 3])["final_return"].mean()) > 0.6
 
 

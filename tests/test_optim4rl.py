@@ -14,6 +14,7 @@ import pytest
 import a2c
 import optim4rl_metagrad as om
 import ppo
+from conftest import xla_optimized
 
 # 4 units of 16 envs (Catch agents of 14,084 parameters, Dense 256), 40 meta-steps at a high meta-lr, compiled once
 # for all tests
@@ -28,7 +29,8 @@ def leaves_equal(a, b):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     config = replace(TINY, run_dir=str(tmp_path_factory.mktemp("tiny")))
-    return config, om.meta_train(config)
+    with xla_optimized():
+        return config, om.meta_train(config)
 
 
 def optimizer(config, meta_params, lr):
@@ -246,7 +248,7 @@ def test_tiny_ppo_meta_step_runs_on_catch():
     assert not leaves_equal(after.meta_params, state.meta_params)
 
 
-def test_short_meta_training_improves_the_learned_optimizer(trained):
+def test_short_meta_training_improves_the_learned_optimizer(trained, optimized):
     config, state = trained
     train = jax.jit(jax.vmap(a2c.make_train(om.eval_agent_config(config), om.make_optimizer_fn(config)),
                              in_axes=(0, None)))
@@ -272,7 +274,7 @@ def test_meta_training_records_each_chunk_in_metrics_jsonl(trained):
     assert set(lines[-1]["train_return"]) == {"Catch-bsuite"} and lines[-1]["skipped"] == int(state.skipped)
 
 
-def test_killed_run_resumes_to_the_same_meta_parameters(trained, tmp_path):
+def test_killed_run_resumes_to_the_same_meta_parameters(trained, tmp_path, optimized):
     config, _ = trained
     whole = om.meta_train(replace(config, num_meta_steps=20, run_dir=str(tmp_path / "whole")))
     om.meta_train(replace(config, num_meta_steps=10, run_dir=str(tmp_path / "killed")))  # stopped after 1 checkpoint
