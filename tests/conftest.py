@@ -21,7 +21,7 @@ import jax  # noqa: E402
 @contextlib.contextmanager
 def xla_optimized():
     """XLA's optimisations on while programs are compiled inside, as the scripts run them."""
-    before = jax.config.jax_disable_most_optimizations
+    before = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         yield
