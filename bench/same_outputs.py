@@ -31,7 +31,8 @@ RUNS = {  # name: script and arguments ({out}: the run's output directory)
     "ppo_ant_optim4rl": ["ppo.py", "--preset", "ant_optim4rl", "--num-envs", "64", "--total-timesteps", "20480",
                          "--num-seeds", "1", "--log-every", "1", "--eval-episodes", "2", "--episode-length", "50",
                          "--run-dir", "{out}"],
-    "open_es": ["open_es.py", "--generations", "4", "--eval-every", "2", "--eval-seeds", "4", "--out-dir", "{out}"],
+    "open_es": ["open_es.py", "--generations", "4", "--eval-every", "2", "--eval-seeds", "4", "--out-dir", "{out}",
+                "--ppo.total-timesteps", "32768", "--ppo.learning-rate", "0.003", "--ppo.b2", "0.999"],  # issue 30's
     "optim4rl_metagrad": ["optim4rl_metagrad.py", "--num-meta-steps", "4", "--checkpoint-every", "2",
                           "--eval-timesteps", "20000", "--eval-seeds", "2", "--run-dir", "{out}"],
     "baselines": ["baselines.py", "--num-learning-rates", "1", "--betas", "0.9", "--anneal", "False", "--tune-seeds",
