@@ -227,15 +227,18 @@ def clock(seconds):
 
 class Pace:
     """The speed and time left of a loop of `total` steps (updates, generations, meta-steps) of `env_steps` env steps
-    each: `pace(done, seconds)`, after `done` steps, the last one `seconds` long, -> 'N env steps/s, h:mm:ss left'.
-    The time left is from the median step since the first (which includes compiling)."""
-    def __init__(self, total, env_steps):
-        self.total, self.env_steps, self.seconds = total, env_steps, []
+    each: `pace(done, seconds)`, after `done` steps, the last one `seconds` long, -> 'N env steps/s, h:mm:ss left',
+    the time left from the median step. With `compiles`, the first step includes compiling: no estimate from it."""
+    def __init__(self, total, env_steps, compiles=True):
+        self.total, self.env_steps, self.seconds, self.compiles = total, env_steps, [], compiles
 
     def __call__(self, done, seconds):
         self.seconds.append(seconds)
-        typical = float(np.median(self.seconds[1:] or self.seconds))
-        return f"{self.env_steps / max(seconds, 1e-9):,.0f} env steps/s, {clock((self.total - done) * typical)} left"
+        speed = f"{self.env_steps / max(seconds, 1e-9):,.0f} env steps/s"
+        if self.compiles and len(self.seconds) == 1:
+            return f"{speed} with compiling"
+        typical = float(np.median(self.seconds[self.compiles:]))
+        return f"{speed}, {clock((self.total - done) * typical)} left"
 
 
 class SeedProgress:
@@ -265,7 +268,7 @@ class SeedProgress:
             return
         update, now, seeds = self.lines[0]["update"], time.time(), len(self.lines)
         if self.last is None or update <= self.last[0]:  # the first line of a run: no speed yet
-            self.pace, speed = Pace(self.num_updates, self.steps_per_update * seeds), "starting"
+            self.pace, speed = Pace(self.num_updates, self.steps_per_update * seeds, compiles=False), "starting"
         else:
             speed = self.pace(update, (now - self.last[1]) / (update - self.last[0]))
         mean, low, high = (f([line["return"] for line in self.lines]) for f in (np.mean, np.min, np.max))

@@ -49,9 +49,11 @@ def test_ppo_run_records_each_logged_update_and_final_return_also_to_wandb_offli
 
 def test_pace_gives_speed_and_the_time_left_from_the_median_step_after_the_first():
     pace = runs.Pace(10, 1000)  # 10 steps of 1000 env steps
-    assert pace(1, 30.0) == "33 env steps/s, 0:04:30 left"  # only the first (compiling) step: 9 x 30 s
+    assert pace(1, 30.0) == "33 env steps/s with compiling"  # the first step: no estimate from it
     pace(2, 2.0)
     assert pace(3, 4.0) == "250 env steps/s, 0:00:21 left"  # 7 x median(2 s, 4 s)
+    running = runs.Pace(10, 1000, compiles=False)  # every step counts
+    assert running(1, 30.0) == "33 env steps/s, 0:04:30 left"  # 9 x 30 s
     assert runs.clock(3725) == "1:02:05"
 
 
