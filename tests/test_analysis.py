@@ -114,7 +114,7 @@ def test_the_wrapper_measures_open_against_a_hand_computation():
     np.testing.assert_allclose(u, noise - noise.mean(), rtol=1e-5, atol=1e-7)
     u_hat = CONFIG.alpha1 * m * np.exp(CONFIG.alpha2 * e)
     for name, part in (("actor", slice(0, 6)), ("critic", slice(6, 8))):
-        metrics, gp, pp, up, ap = state["metrics"][name], g[part], p[part], u[part], actor[part]
+        metrics, gp, pp, up = state["metrics"][name], g[part], p[part], u[part]
         nonzero = pp != 0  # the parameter at 0 is left out
         assert float(metrics["non_stochastic_magnitude"]) == pytest.approx(np.mean(u_hat / np.abs(pp[nonzero])),
                                                                            rel=1e-5)

@@ -93,7 +93,7 @@ def assert_frequency(events, probs, mask):
 def check_rollout(env, params, tr):
     """Re-compute every transition of a rollout with numpy under the env's rules; return the collection and respawn
     events."""
-    (steps, n), (height, width), k = tr["action"].shape, env.shape, env.max_objects
+    (_, n), (height, width), k = tr["action"].shape, env.shape, env.max_objects
     p = per_env(params, n)
     rows, cols = np.indices(env.shape)
     outside = (rows >= p.height[:, None, None]) | (cols >= p.width[:, None, None])
