@@ -569,8 +569,7 @@ def evaluate(config, meta_params, out_dir):
         for baseline_lr in config.eval_baseline_lrs or (agent_cfg.learning_rate,):
             name = f"{label} (lr {baseline_lr:g})" if config.eval_baseline_lrs else label
             optimizers[name] = (fn, hyperparameters(replace(agent_cfg, learning_rate=baseline_lr)))
-    trains = {fn: gridworld.on_levels(agent.make_train(agent_cfg, fn), agent_cfg.env_name)
-              for fn, _ in optimizers.values()}
+    trains = {fn: ppo.make_run(agent_cfg, fn, agent_fn=agent.make_agent) for fn, _ in optimizers.values()}
     return runs.compare({name: (trains[fn], params) for name, (fn, params) in optimizers.items()},
                         jax.vmap(jax.random.PRNGKey)(jnp.arange(config.seed, config.seed + config.eval_seeds)),
                         agent.steps_per_update(agent_cfg), os.path.join(out_dir, f"eval_{agent_cfg.env_name}"),

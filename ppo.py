@@ -564,10 +564,10 @@ def make_train(config, optimizer_fn, agent_fn=None, label=""):
 
 
 # ----------------------------------------------------------------------------------------------- comparisons
-def make_run(config, optimizer_fn, label=""):
-    """`run(key, optimizer_params)` -> make_train's output; on a gridworld distribution each key draws its level.
-    `label` names the run in its progress lines."""
-    return gridworld.on_levels(make_train(config, optimizer_fn, label=label), config.env_name)
+def make_run(config, optimizer_fn, label="", agent_fn=None):
+    """`run(key, optimizer_params)` -> make_train's output (PPO's, or `agent_fn`'s agent); on a gridworld
+    distribution each key draws its level. `label` names the run in its progress lines."""
+    return gridworld.on_levels(make_train(config, optimizer_fn, agent_fn, label), config.env_name)
 
 
 def main(config):

@@ -2,7 +2,8 @@
 short runs of every script, run in this checkout and in another one (e.g. a git worktree of the commit before), one
 checkout after the other on this machine, then every number they wrote (metrics.jsonl, the reports' .json files,
 learned optimizers and checkpoints) compared bit for bit, timings left out. Never compares against stored numbers:
-XLA's code differs between CPUs.
+XLA's code differs between CPUs, and with the number of threads it may use, so record both with the same pinning
+(e.g. `taskset -c 0 python ...`): the same code pinned and unpinned differs in the last bits.
 
     git worktree add /tmp/before HEAD~5 && python bench/same_outputs.py /tmp/before
     python bench/same_outputs.py /tmp/before --only ppo_default open_es     # some of the runs
