@@ -245,7 +245,7 @@ class SeedProgress:
     """Progress lines of a training run from inside its jitted program (jax.debug.callback, which a vmap over seeds
     calls once per seed, one after another): each seed's values go to metrics.jsonl; one line per log interval shows
     their mean and range over the seeds, env steps/s and the time left. `flush_progress()` prints the last one."""
-    open = []  # the instances with lines not yet printed
+    held = []  # the instances with lines not yet printed
 
     def __init__(self, num_updates, steps_per_update, run_dir, use_wandb, label=""):
         self.num_updates, self.steps_per_update, self.run_dir, self.use_wandb = (num_updates, steps_per_update,
@@ -260,8 +260,8 @@ class SeedProgress:
             self.flush()
         record(self.run_dir, line, self.use_wandb)
         self.lines.append(line)
-        if self not in SeedProgress.open:
-            SeedProgress.open.append(self)
+        if self not in SeedProgress.held:
+            SeedProgress.held.append(self)
 
     def flush(self):
         if not self.lines:
@@ -280,9 +280,9 @@ class SeedProgress:
 
 def flush_progress():
     """Print the progress lines still held (SeedProgress): call once a program has finished."""
-    for progress in SeedProgress.open:
+    for progress in SeedProgress.held:
         progress.flush()
-    SeedProgress.open = []
+    SeedProgress.held = []
 
 
 def log_progress(progress, seed, update_index, num_updates, log_every, metrics):
